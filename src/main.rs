@@ -1,1 +1,91 @@
-fn main(){}
+//! The `talkamie` command: the server and its operations tools.
+
+use clap::{Parser, Subcommand};
+use talkamie::config::Settings;
+use talkamie::store::{self, Store};
+use talkamie::{app, telemetry};
+use talkamie_projections::Projection;
+
+#[derive(Parser)]
+#[command(
+    name = "talkamie",
+    version,
+    about = "Talkamie backend: API, WebSocket and operations tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and WebSocket (settings from the environment / talkamie.toml).
+    Serve,
+    /// Apply the database migrations (start-up also does).
+    Migrate,
+    /// Read-model maintenance.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Empty read models and replay the event log into them from position 0.
+    Rebuild {
+        /// One projection (e.g. `users`); all rebuildable ones when omitted.
+        name: Option<String>,
+    },
+    /// List the projections and their checkpoints.
+    List,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load()?;
+    telemetry::init(settings.log_format_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(cli.command, settings))
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => app::serve(settings).await,
+        Command::Migrate => {
+            let db = store::connect(&settings).await?;
+            store::migrate(&db).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Projections { command } => {
+            let store = Store::open(&settings).await?;
+            match command {
+                ProjectionsCommand::Rebuild { name } => {
+                    let only = name.as_deref().map(Projection::from_name).transpose()?;
+                    let rebuilt = store.projector.rebuild(only).await?;
+                    let names: Vec<_> = rebuilt.iter().map(|p| p.name()).collect();
+                    println!("rebuilt: {}", names.join(", "));
+                }
+                ProjectionsCommand::List => {
+                    let reached = store.projector.catch_up().await?;
+                    for p in Projection::ALL {
+                        let kind = if p.rebuildable() {
+                            "rebuildable"
+                        } else {
+                            "append-only"
+                        };
+                        println!("{:<10} {kind}", p.name());
+                    }
+                    println!(
+                        "checkpoint: transaction {} position {}",
+                        reached.xid, reached.position
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -73,15 +73,23 @@ mod tests {
     fn a_free_email_is_claimed() {
         Given::with(())
             .given_no_previous_events()
-            .when(EmailClaimCommand::Claim { user_id: "u1".into() })
-            .then_expect_events(vec![EmailClaimEvent::EmailClaimed { user_id: "u1".into() }]);
+            .when(EmailClaimCommand::Claim {
+                user_id: "u1".into(),
+            })
+            .then_expect_events(vec![EmailClaimEvent::EmailClaimed {
+                user_id: "u1".into(),
+            }]);
     }
 
     #[test]
     fn a_claimed_email_cannot_be_claimed_again() {
         Given::with(())
-            .given(vec![EmailClaimEvent::EmailClaimed { user_id: "u1".into() }])
-            .when(EmailClaimCommand::Claim { user_id: "u2".into() })
+            .given(vec![EmailClaimEvent::EmailClaimed {
+                user_id: "u1".into(),
+            }])
+            .when(EmailClaimCommand::Claim {
+                user_id: "u2".into(),
+            })
             .then_expect_error(EmailClaimError::AlreadyClaimed);
     }
 }

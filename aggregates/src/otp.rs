@@ -33,8 +33,12 @@ pub enum OtpEvent {
         expires_at: DateTime<Utc>,
     },
     /// A wrong code was presented; the try is counted so guessing is bounded.
-    OtpAttemptFailed { tries_left: u32 },
-    OtpUsed { at: DateTime<Utc> },
+    OtpAttemptFailed {
+        tries_left: u32,
+    },
+    OtpUsed {
+        at: DateTime<Utc>,
+    },
 }
 domain_event!(OtpEvent, "1");
 
@@ -71,8 +75,14 @@ impl Aggregate for Otp {
         match command {
             OtpCommand::Issue { code_hash, at } => {
                 let expires_at = at + Duration::minutes(OTP_TTL_MINUTES);
-                sink.write(OtpEvent::OtpIssued { code_hash, expires_at }, self)
-                    .await;
+                sink.write(
+                    OtpEvent::OtpIssued {
+                        code_hash,
+                        expires_at,
+                    },
+                    self,
+                )
+                .await;
             }
             OtpCommand::Verify {
                 code_hash,
@@ -184,7 +194,11 @@ mod tests {
     #[test]
     fn five_wrong_codes_lock_the_code() {
         let mut given = vec![issued()];
-        given.extend((0..5).rev().map(|left| OtpEvent::OtpAttemptFailed { tries_left: left }));
+        given.extend(
+            (0..5)
+                .rev()
+                .map(|left| OtpEvent::OtpAttemptFailed { tries_left: left }),
+        );
         Given::with(())
             .given(given)
             .when(verify("good", 1))

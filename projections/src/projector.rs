@@ -1,0 +1,282 @@
+//! The catch-up projector: global log -> read models, checkpointed.
+//!
+//! One round = one transaction: take the projector lock, read the checkpoints, read the next
+//! batch of events after the lowest one, apply each event to every projection that has not
+//! seen it yet, store the new checkpoints, commit. At-least-once reading, exactly-once effect.
+//! Instances sharing a database serialise on the lock (PostgreSQL advisory lock; SQLite's
+//! single writer), so a batch is applied by exactly one of them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::log::{read_after, Checkpoint, StoredEvent};
+use crate::{feed, users, with_tx, Db, DbTx, ProjectionError};
+
+const BATCH_SIZE: i64 = 500;
+/// Fallback poll: picks up writes of other instances when no wake-up arrives.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Channel that other instances LISTEN on; one NOTIFY per batch that wrote push rows.
+pub const FEED_CHANNEL: &str = "talkamie_feed";
+
+/// Every read model, in the order they are applied to each event (the feed renders from the
+/// users table, so it comes after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Projection {
+    Users,
+    Feed,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 2] = [Projection::Users, Projection::Feed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Projection::Users => "users",
+            Projection::Feed => "feed",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Self, ProjectionError> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))
+    }
+
+    /// The tables this projection owns (rebuild empties them).
+    pub fn tables(self) -> &'static [&'static str] {
+        match self {
+            Projection::Users => users::TABLES,
+            Projection::Feed => feed::TABLES,
+        }
+    }
+
+    /// The feed is a delivery log whose positions are cursors held by clients: replaying it
+    /// would hand out new positions for old pushes, so it is never rebuilt.
+    pub fn rebuildable(self) -> bool {
+        !matches!(self, Projection::Feed)
+    }
+
+    async fn apply(
+        self,
+        tx: &mut DbTx,
+        event: &StoredEvent,
+        effects: &mut BatchEffects,
+    ) -> Result<(), ProjectionError> {
+        match self {
+            Projection::Users => users::apply(tx, event).await,
+            Projection::Feed => {
+                let written = feed::apply(tx, event).await?;
+                effects.feed_rows += written;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What a committed batch did, for wake-ups.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchEffects {
+    pub events: usize,
+    pub feed_rows: usize,
+}
+
+pub struct Projector {
+    db: Db,
+    /// The lowest checkpoint over all projections that this instance has seen committed.
+    applied: watch::Sender<Checkpoint>,
+    wake: Notify,
+    /// Fired after every batch that wrote push rows (the local feed tailer listens).
+    pub feed_written: Notify,
+}
+
+impl Projector {
+    pub fn new(db: Db) -> Arc<Self> {
+        Arc::new(Projector {
+            db,
+            applied: watch::channel(Checkpoint::default()).0,
+            wake: Notify::new(),
+            feed_written: Notify::new(),
+        })
+    }
+
+    /// Asks the running loop for a round now (after a local write).
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn applied(&self) -> Checkpoint {
+        *self.applied.borrow()
+    }
+
+    /// Waits until every read model includes `target` (read-your-writes).
+    pub async fn wait_for(&self, target: Checkpoint, timeout: Duration) -> bool {
+        self.nudge();
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Runs rounds until no event is left; returns the checkpoint reached.
+    pub async fn catch_up(&self) -> Result<Checkpoint, ProjectionError> {
+        loop {
+            let (effects, reached) = self.round().await?;
+            self.applied.send_replace(reached);
+            if effects.feed_rows > 0 {
+                self.feed_written.notify_one();
+            }
+            if effects.events == 0 {
+                return Ok(reached);
+            }
+        }
+    }
+
+    /// The background loop: catch up, then sleep until nudged or the poll interval passes.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.catch_up().await {
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(error) => {
+                    tracing::error!(%error, "projector round failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One batch in one transaction.
+    async fn round(&self) -> Result<(BatchEffects, Checkpoint), ProjectionError> {
+        let mut tx = self.db.begin_write().await?;
+        if let DbTx::Postgres(_) = tx {
+            with_tx!(&mut tx, conn => {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('talkamie_projector'))")
+                    .execute(conn)
+                    .await
+                    .map(|r| r.rows_affected())?
+            });
+        }
+        let mut checkpoints = load_checkpoints(&mut tx).await?;
+        let lowest = checkpoints.values().copied().min().unwrap_or_default();
+        let events = read_after(&mut tx, lowest, BATCH_SIZE).await?;
+        let mut effects = BatchEffects {
+            events: events.len(),
+            ..Default::default()
+        };
+        for event in &events {
+            let at = event.checkpoint();
+            for projection in Projection::ALL {
+                let seen = checkpoints.entry(projection).or_default();
+                if *seen < at {
+                    projection.apply(&mut tx, event, &mut effects).await?;
+                    *seen = at;
+                }
+            }
+        }
+        if !events.is_empty() {
+            store_checkpoints(&mut tx, &checkpoints).await?;
+            if effects.feed_rows > 0 {
+                if let DbTx::Postgres(_) = tx {
+                    // One NOTIFY per batch, never one per command: NOTIFY serialises commits.
+                    with_tx!(&mut tx, conn => {
+                        sqlx::query("SELECT pg_notify($1, '')")
+                            .bind(FEED_CHANNEL)
+                            .execute(conn)
+                            .await
+                    .map(|r| r.rows_affected())?
+                    });
+                }
+            }
+        }
+        tx.commit().await?;
+        let reached = checkpoints.values().copied().min().unwrap_or_default();
+        Ok((effects, reached))
+    }
+
+    /// Empties the given projections (all rebuildable ones when `None`) and replays the log
+    /// into them from the start. The others keep their checkpoints and are not touched.
+    pub async fn rebuild(
+        &self,
+        only: Option<Projection>,
+    ) -> Result<Vec<Projection>, ProjectionError> {
+        let chosen: Vec<Projection> = match only {
+            Some(p) => vec![p],
+            None => Projection::ALL
+                .into_iter()
+                .filter(|p| p.rebuildable())
+                .collect(),
+        };
+        let mut tx = self.db.begin_write().await?;
+        for projection in &chosen {
+            for table in projection.tables() {
+                let sql = format!("DELETE FROM {table}");
+                with_tx!(&mut tx, conn => sqlx::query(&sql).execute(conn).await
+                    .map(|r| r.rows_affected())?);
+            }
+            with_tx!(&mut tx, conn => {
+                sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+                    .bind(projection.name())
+                    .execute(conn)
+                    .await
+                    .map(|r| r.rows_affected())?
+            });
+        }
+        tx.commit().await?;
+        self.catch_up().await?;
+        Ok(chosen)
+    }
+}
+
+async fn load_checkpoints(
+    tx: &mut DbTx,
+) -> Result<BTreeMap<Projection, Checkpoint>, ProjectionError> {
+    let rows: Vec<(String, i64, i64)> = with_tx!(tx, conn => {
+        sqlx::query_as("SELECT name, last_xid, last_position FROM projection_checkpoints")
+            .fetch_all(conn)
+            .await?
+    });
+    let mut map: BTreeMap<Projection, Checkpoint> = Projection::ALL
+        .into_iter()
+        .map(|p| (p, Checkpoint::default()))
+        .collect();
+    for (name, xid, position) in rows {
+        if let Ok(projection) = Projection::from_name(&name) {
+            map.insert(projection, Checkpoint { xid, position });
+        }
+    }
+    Ok(map)
+}
+
+async fn store_checkpoints(
+    tx: &mut DbTx,
+    checkpoints: &BTreeMap<Projection, Checkpoint>,
+) -> Result<(), ProjectionError> {
+    for (projection, at) in checkpoints {
+        with_tx!(tx, conn => {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (name, last_xid, last_position)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE
+                    SET last_xid = excluded.last_xid, last_position = excluded.last_position",
+            )
+            .bind(projection.name())
+            .bind(at.xid)
+            .bind(at.position)
+            .execute(conn)
+            .await
+                    .map(|r| r.rows_affected())?
+        });
+    }
+    Ok(())
+}

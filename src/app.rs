@@ -1,0 +1,205 @@
+//! Start-up: open the store, catch the read models up, start the background tasks (projector,
+//! feed tailer, LISTEN, housekeeping), serve HTTP and WebSocket, and shut down gracefully.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_cors::Cors;
+use actix_web::dev::Service;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, App, HttpMessage, HttpServer};
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing_actix_web::{RequestId, TracingLogger};
+use utoipa_actix_web::AppExt;
+use utoipa_scalar::{Scalar, Servable};
+
+use crate::auth::TokenKeys;
+use crate::config::Settings;
+use crate::http::{self, KnownPaths};
+use crate::providers::mail;
+use crate::ratelimit::RateLimits;
+use crate::state::AppState;
+use crate::store::{secret, Store};
+use crate::ws::{self, hub::Hub};
+
+/// How long in-flight requests get to finish after SIGTERM.
+const SHUTDOWN_GRACE_SECS: u64 = 15;
+
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let store = Store::open(&settings).await?;
+    let jwt_secret = match &settings.jwt_secret {
+        Some(secret) => secret.clone(),
+        None => secret(&store.db, "jwt")
+            .await
+            .context("reading the JWT secret")?,
+    };
+    let hash_key = secret(&store.db, "hash")
+        .await
+        .context("reading the hash key")?;
+    let mailer = mail::from_settings(&settings)?;
+    // Serve only once the read models include everything already in the log.
+    store
+        .projector
+        .catch_up()
+        .await
+        .context("catching up the read models")?;
+
+    let hub = Hub::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(store.projector.clone().run(stop_rx.clone()));
+    tokio::spawn(ws::hub::run_tailer(
+        hub.clone(),
+        store.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(ws::hub::listen_for_remote_pushes(
+        hub.clone(),
+        store.db.clone(),
+        stop_rx.clone(),
+    ));
+
+    let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+        .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
+    let addr = listener.local_addr()?;
+
+    let state = web::Data::new(AppState {
+        settings: settings.clone(),
+        store: store.clone(),
+        tokens: TokenKeys::new(jwt_secret.as_bytes()),
+        hash_key: hash_key.into_bytes(),
+        mailer,
+        limits: RateLimits::default(),
+        hub: hub.clone(),
+    });
+    tokio::spawn(housekeeping(state.clone(), stop_rx.clone()));
+
+    let api = http::openapi();
+    let known = web::Data::new(KnownPaths::from_openapi(
+        &api,
+        &["/v1/ws", "/openapi.json", "/docs"],
+    ));
+    let api_data = web::Data::new(api.clone());
+    let cors_origins = settings.cors_origins.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .into_utoipa_app()
+            .configure(http::routes)
+            .into_app()
+            .app_data(state.clone())
+            .app_data(known.clone())
+            .app_data(api_data.clone())
+            .app_data(http::json_config())
+            .app_data(http::path_config())
+            .app_data(http::query_config())
+            .route("/v1/ws", web::get().to(ws::route))
+            .route("/openapi.json", web::get().to(http::openapi_json))
+            .service(Scalar::with_url("/docs", api.clone()))
+            .default_service(web::to(http::fallback))
+            .wrap_fn(|req, srv| {
+                let fut = srv.call(req);
+                async move {
+                    let mut res = fut.await?;
+                    let id = res
+                        .request()
+                        .extensions()
+                        .get::<RequestId>()
+                        .map(|id| id.to_string());
+                    if let Some(value) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                        res.headers_mut()
+                            .insert(HeaderName::from_static("x-request-id"), value);
+                    }
+                    Ok(res)
+                }
+            })
+            .wrap(TracingLogger::default())
+            .wrap(cors(&cors_origins))
+    })
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+    .listen(listener)?
+    .run();
+
+    tracing::info!(%addr, store = if store.db.is_postgres() { "postgres" } else { "sqlite" }, "serving");
+    // Tests and scripts read the bound address from this line (PORT=0 picks a free port).
+    println!("talkamie listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+
+    let handle = server.handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: closing sockets, finishing in-flight requests");
+        hub.begin_shutdown();
+        handle.stop(true).await;
+    });
+    server.await?;
+    let _ = stop_tx.send(true);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "DELETE", "OPTIONS"])
+        .allowed_headers([
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "x-user-timezone-offset",
+            "x-auth-provider",
+            "x-user-device",
+        ])
+        .expose_headers(["retry-after", "x-request-id"])
+        .max_age(3600);
+    if origins.iter().any(|o| o == "*") {
+        cors = cors.allow_any_origin();
+    } else {
+        for origin in origins {
+            cors = cors.allowed_origin(origin);
+        }
+    }
+    cors
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Periodic chores: forget recovered rate-limit keys, prune pushes older than 7 days.
+async fn housekeeping(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        state.limits.shrink();
+        match talkamie_projections::feed::prune(&state.store.db, chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned old pushes"),
+            Err(error) => tracing::warn!(%error, "pruning pushes failed"),
+        }
+    }
+}

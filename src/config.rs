@@ -1,0 +1,157 @@
+//! One typed configuration. Every key is an environment variable; a `talkamie.toml` (or the
+//! file named by `TALKAMIE_CONFIG`) may set the same keys, and the environment wins.
+//! Each key and its default is listed in the README.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailerKind {
+    /// `.eml` files under `<data dir>/mail/` (lettre's file transport).
+    File,
+    /// SMTP via `SMTP_URL` (e.g. `smtps://user:pass@smtp.example.com`).
+    Smtp(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub port: u16,
+    pub host: String,
+    pub data_dir: PathBuf,
+    /// `None`: the embedded SQLite store in the data dir.
+    pub database_url: Option<String>,
+    pub jwt_secret: Option<String>,
+    /// Base of generated links; `None` means `http://<host>:<bound port>`.
+    pub public_url: Option<String>,
+    pub cors_origins: Vec<String>,
+    pub mailer: MailerKind,
+    pub mail_from: String,
+    pub log_format_json: bool,
+    /// Seconds an unauthenticated WebSocket may stay open.
+    pub ws_auth_timeout_secs: u64,
+    /// Seconds a silent WebSocket may stay open.
+    pub ws_idle_timeout_secs: u64,
+}
+
+impl Settings {
+    /// Reads the config file (if any) and then the environment.
+    pub fn load() -> anyhow::Result<Settings> {
+        let mut values = HashMap::new();
+        let file = std::env::var("TALKAMIE_CONFIG").unwrap_or_else(|_| "talkamie.toml".into());
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            let table: toml::Table =
+                toml::from_str(&text).with_context(|| format!("reading {file}"))?;
+            for (key, value) in table {
+                let value = match value {
+                    toml::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                values.insert(key, value);
+            }
+        }
+        for (key, value) in std::env::vars() {
+            values.insert(key, value);
+        }
+        Settings::from_map(&values)
+    }
+
+    pub fn from_map(values: &HashMap<String, String>) -> anyhow::Result<Settings> {
+        let get = |key: &str| values.get(key).filter(|v| !v.trim().is_empty()).cloned();
+        let port = match get("PORT") {
+            Some(p) => p
+                .parse()
+                .with_context(|| format!("PORT must be a port number: {p}"))?,
+            None => 8080,
+        };
+        let mailer = match get("TALKAMIE_MAILER").as_deref().unwrap_or("file") {
+            "file" => MailerKind::File,
+            "smtp" => {
+                MailerKind::Smtp(get("SMTP_URL").context("TALKAMIE_MAILER=smtp needs SMTP_URL")?)
+            }
+            other => bail!("TALKAMIE_MAILER must be file or smtp, not {other}"),
+        };
+        let database_url = get("DATABASE_URL");
+        if let Some(url) = &database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                bail!("DATABASE_URL must be a postgres:// URL (unset it for the embedded store)");
+            }
+        }
+        let seconds = |key: &str, default: u64| -> anyhow::Result<u64> {
+            match get(key) {
+                Some(v) => v
+                    .parse()
+                    .with_context(|| format!("{key} must be a number of seconds")),
+                None => Ok(default),
+            }
+        };
+        // Providers of later features: only the built-in ones exist so far.
+        for (key, allowed) in [
+            ("TALKAMIE_PAYMENTS", "sandbox"),
+            ("TALKAMIE_PAYOUTS", "sandbox"),
+            ("TALKAMIE_STORAGE", "local"),
+            ("TALKAMIE_PUSH", "file"),
+        ] {
+            if let Some(value) = get(key) {
+                if value != allowed {
+                    bail!("{key}={value} is not available yet (only {allowed})");
+                }
+            }
+        }
+        Ok(Settings {
+            port,
+            host: get("TALKAMIE_HOST").unwrap_or_else(|| "127.0.0.1".into()),
+            data_dir: PathBuf::from(get("TALKAMIE_DATA_DIR").unwrap_or_else(|| "./data".into())),
+            database_url,
+            jwt_secret: get("TALKAMIE_JWT_SECRET"),
+            public_url: get("TALKAMIE_PUBLIC_URL"),
+            cors_origins: get("TALKAMIE_CORS_ORIGINS")
+                .unwrap_or_else(|| "*".into())
+                .split(',')
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            mailer,
+            mail_from: get("TALKAMIE_MAIL_FROM")
+                .unwrap_or_else(|| "Talkamie <no-reply@talkamie.local>".into()),
+            log_format_json: get("LOG_FORMAT").is_some_and(|f| f == "json"),
+            ws_auth_timeout_secs: seconds("TALKAMIE_WS_AUTH_TIMEOUT_SECS", 10)?,
+            ws_idle_timeout_secs: seconds("TALKAMIE_WS_IDLE_TIMEOUT_SECS", 60)?,
+        })
+    }
+
+    pub fn mail_dir(&self) -> PathBuf {
+        self.data_dir.join("mail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_on_a_laptop() {
+        let s = Settings::from_map(&HashMap::new()).unwrap();
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.host, "127.0.0.1");
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert!(s.database_url.is_none());
+        assert_eq!(s.cors_origins, vec!["*".to_string()]);
+        assert_eq!(s.mailer, MailerKind::File);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key_named() {
+        let map = HashMap::from([("PORT".to_string(), "eighty".to_string())]);
+        let err = Settings::from_map(&map).unwrap_err().to_string();
+        assert!(err.contains("PORT"), "{err}");
+        let map = HashMap::from([("DATABASE_URL".to_string(), "mysql://x".to_string())]);
+        assert!(Settings::from_map(&map).is_err());
+        let map = HashMap::from([("TALKAMIE_MAILER".to_string(), "smtp".to_string())]);
+        assert!(Settings::from_map(&map)
+            .unwrap_err()
+            .to_string()
+            .contains("SMTP_URL"));
+    }
+}

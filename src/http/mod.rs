@@ -1,0 +1,154 @@
+//! The REST API: one module per resource group of the contract, the envelope, and the routing
+//! rules every request shares (JSON limits, 404/405/413 in the envelope, OpenAPI).
+
+pub mod auth;
+pub mod envelope;
+pub mod health;
+pub mod otp;
+pub mod users;
+pub mod validate;
+
+use actix_web::dev::ResourceDef;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use envelope::ApiError;
+
+/// Largest JSON body accepted (413 beyond).
+pub const JSON_LIMIT_BYTES: usize = 256 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Talkamie API",
+        version = "1",
+        description = "Seniors and verified companions: calls, chat and coins. \
+                       Every answer uses the envelope of CONTRACT.md section 1."
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Every documented route. Routes registered here appear in `/openapi.json` automatically.
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(health::healthz)
+        .service(health::readyz)
+        .service(auth::sign_up)
+        .service(auth::sign_in)
+        .service(auth::me)
+        .service(auth::refresh)
+        .service(auth::sign_out)
+        .service(auth::reset_password)
+        .service(otp::request_code)
+        .service(otp::verify_code)
+        .service(users::put_user)
+        .service(users::change_password);
+}
+
+/// The OpenAPI document of [`routes`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa_actix_web::AppExt;
+    actix_web::App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .configure(routes)
+        .split_for_parts()
+        .1
+}
+
+/// Paths the server knows, to tell "wrong method" (405) from "no such route" (404).
+pub struct KnownPaths(pub Vec<ResourceDef>);
+
+impl KnownPaths {
+    pub fn from_openapi(api: &utoipa::openapi::OpenApi, extra: &[&str]) -> Self {
+        let mut defs: Vec<ResourceDef> = api
+            .paths
+            .paths
+            .keys()
+            .map(|p| ResourceDef::new(p.as_str()))
+            .collect();
+        defs.extend(extra.iter().map(|p| ResourceDef::new(*p)));
+        KnownPaths(defs)
+    }
+}
+
+/// Fallback for unmatched requests: 405 when the path exists with other methods, else 404.
+pub async fn fallback(
+    req: HttpRequest,
+    known: web::Data<KnownPaths>,
+) -> Result<HttpResponse, ApiError> {
+    let path = req.path();
+    Err(if known.0.iter().any(|def| def.is_match(path)) {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {path}", req.method()),
+        )
+    } else {
+        ApiError::not_found("route")
+    })
+}
+
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(JSON_LIMIT_BYTES)
+        .content_type_required(false)
+        .error_handler(|error, _req| {
+            let api_error = match &error {
+                JsonPayloadError::OverflowKnownLength { .. }
+                | JsonPayloadError::Overflow { .. } => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body is larger than {JSON_LIMIT_BYTES} bytes"),
+                ),
+                JsonPayloadError::ContentType => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send JSON (Content-Type: application/json)",
+                ),
+                JsonPayloadError::Deserialize(e) if e.is_data() => {
+                    ApiError::invalid(json!({ "body": e.to_string() }))
+                }
+                JsonPayloadError::Deserialize(e) => ApiError {
+                    details: Some(json!({ "body": e.to_string() })),
+                    ..ApiError::bad_request("the body is not valid JSON")
+                },
+                other => ApiError::bad_request(other.to_string()),
+            };
+            api_error.into()
+        })
+}
+
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|error: PathError, _req| {
+        ApiError::invalid(json!({ "path": error.to_string() })).into()
+    })
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|error: QueryPayloadError, _req| {
+        ApiError::invalid(json!({ "query": error.to_string() })).into()
+    })
+}
+
+/// `/openapi.json`
+pub async fn openapi_json(api: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
+    HttpResponse::Ok().json(api.get_ref())
+}

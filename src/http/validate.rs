@@ -1,0 +1,86 @@
+//! Field checks that collect every problem into the 400 `details` map at once.
+
+use serde_json::{Map, Value};
+
+use super::envelope::ApiError;
+
+#[derive(Default)]
+pub struct Problems(Map<String, Value>);
+
+impl Problems {
+    pub fn add(&mut self, field: &str, problem: impl Into<String>) {
+        self.0
+            .insert(field.to_string(), Value::String(problem.into()));
+    }
+
+    /// The value of a required field, or a "is required" problem.
+    pub fn required<'a>(&mut self, field: &str, value: &'a Option<String>) -> &'a str {
+        match value.as_deref() {
+            Some(v) if !v.trim().is_empty() => v,
+            _ => {
+                self.add(field, "is required");
+                ""
+            }
+        }
+    }
+
+    /// `Err(400 invalid_input)` when anything was added.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(Value::Object(self.0)))
+        }
+    }
+
+    pub fn check_email(&mut self, field: &str, email: &str) {
+        if !email.is_empty() && !is_plausible_email(email) {
+            self.add(field, "is not a valid email address");
+        }
+    }
+
+    pub fn check_length(&mut self, field: &str, value: &str, min: usize, max: usize) {
+        let n = value.trim().chars().count();
+        if n < min || n > max {
+            self.add(field, format!("must be {min} to {max} characters"));
+        }
+    }
+}
+
+/// A pragmatic check: one `@`, a non-empty local part, a dotted domain, no spaces, ≤ 254 chars.
+/// Whether the address exists is proven by the verify-email code, not by syntax.
+pub fn is_plausible_email(email: &str) -> bool {
+    let email = email.trim();
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    email.len() <= 254
+        && !local.is_empty()
+        && !local.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert!(is_plausible_email("ann@example.com"));
+        assert!(is_plausible_email(" Ann.B+x@mail.example.co.uk "));
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@example",
+            "a b@example.com",
+            "a@b@c.com",
+        ] {
+            assert!(!is_plausible_email(bad), "{bad}");
+        }
+    }
+}

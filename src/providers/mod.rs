@@ -1,0 +1,4 @@
+//! Outside providers behind traits, each with a built-in implementation for local use.
+//! So far: mail (`.eml` files, or SMTP).
+
+pub mod mail;

@@ -1,0 +1,21 @@
+//! What every handler and socket shares.
+
+use std::sync::Arc;
+
+use crate::auth::TokenKeys;
+use crate::config::Settings;
+use crate::providers::mail::Mailer;
+use crate::ratelimit::RateLimits;
+use crate::store::Store;
+use crate::ws::hub::Hub;
+
+pub struct AppState {
+    pub settings: Settings,
+    pub store: Store,
+    pub tokens: TokenKeys,
+    /// Key of the keyed hashes (email claims, OTP ids and codes).
+    pub hash_key: Vec<u8>,
+    pub mailer: Box<dyn Mailer>,
+    pub limits: RateLimits,
+    pub hub: Arc<Hub>,
+}

@@ -1,0 +1,195 @@
+//! The command bus: load the aggregate, let it decide, append its events with optimistic
+//! concurrency (cqrs-es `EventStore`), retry a bounded number of times on a conflict, then wait
+//! until the read models include the write (read-your-writes).
+//!
+//! It drives cqrs-es's `EventStore` directly rather than `CqrsFramework::execute` because the
+//! caller needs the committed events (e.g. "this refresh ended the session") and their global
+//! position; `CqrsFramework` returns `()`. No cqrs-es `Query` is used (not durable).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
+use postgres_es::PostgresEventRepository;
+use rand::Rng;
+use sqlite_es::SqliteEventRepository;
+use talkamie_projections::{with_pool, Checkpoint, Db};
+
+use super::Store;
+
+/// Who asked and in which request; stored with every event.
+pub type Metadata = HashMap<String, String>;
+
+/// Attempts of one command when another writer of the same aggregate got there first.
+const MAX_ATTEMPTS: u32 = 5;
+/// Aggregates snapshot every so many events, so long streams load quickly.
+const SNAPSHOT_EVERY: usize = 100;
+/// How long a command waits for the read models before answering 503.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate refused the command (a rule was broken).
+    #[error(transparent)]
+    Rejected(E),
+    /// Still conflicting after `MAX_ATTEMPTS` tries.
+    #[error("the resource was changed concurrently; try again")]
+    Conflict,
+    /// The database did not answer.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// Written, but the read models did not catch up in time.
+    #[error("the write was stored but the read models are lagging")]
+    Lagging,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Store {
+    /// Executes `command` on aggregate `id`; returns the events it appended (maybe none).
+    pub async fn execute<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + 'static,
+        A::Command: Clone + Send,
+    {
+        let mut attempt = 0;
+        let committed = loop {
+            attempt += 1;
+            let result = match &self.db {
+                Db::Sqlite(pool) => {
+                    let repo = SqliteEventRepository::new(pool.clone());
+                    let store =
+                        PersistedEventStore::<_, A>::new_snapshot_store(repo, SNAPSHOT_EVERY);
+                    decide_and_append(&store, id, command.clone(), metadata.clone()).await
+                }
+                Db::Postgres(pool) => {
+                    let repo = PostgresEventRepository::new(pool.clone());
+                    let store =
+                        PersistedEventStore::<_, A>::new_snapshot_store(repo, SNAPSHOT_EVERY);
+                    decide_and_append(&store, id, command.clone(), metadata.clone()).await
+                }
+            };
+            match result {
+                Ok(events) => break events,
+                Err(AggregateError::UserError(error)) => return Err(CommandError::Rejected(error)),
+                Err(error) if is_conflict(&error) => {
+                    if attempt >= MAX_ATTEMPTS {
+                        return Err(CommandError::Conflict);
+                    }
+                    // A little jitter so racing writers do not collide again in lockstep.
+                    let pause = rand::thread_rng().gen_range(1..=5 * attempt as u64);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                Err(error) => return Err(classify(error)),
+            }
+        };
+        if let Some(last) = committed.last() {
+            let target = self
+                .position_of(A::TYPE, id, last.sequence)
+                .await
+                .map_err(|e| classify_sqlx(&e))?;
+            if !self
+                .projector
+                .wait_for(target, READ_YOUR_WRITES_TIMEOUT)
+                .await
+            {
+                return Err(CommandError::Lagging);
+            }
+        }
+        Ok(committed.into_iter().map(|e| e.payload).collect())
+    }
+
+    /// Where an appended event sits in the global order.
+    async fn position_of(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+        sequence: usize,
+    ) -> Result<Checkpoint, sqlx::Error> {
+        let sql = match self.db {
+            Db::Postgres(_) => {
+                "SELECT transaction_id::text::bigint, position FROM events
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3"
+            }
+            Db::Sqlite(_) => {
+                "SELECT 0, position FROM events
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3"
+            }
+        };
+        let (xid, position): (i64, i64) = with_pool!(&self.db, pool => {
+            sqlx::query_as(sql)
+                .bind(aggregate_type)
+                .bind(id)
+                .bind(sequence as i64)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(Checkpoint { xid, position })
+    }
+}
+
+async fn decide_and_append<A, ES>(
+    store: &ES,
+    id: &str,
+    command: A::Command,
+    metadata: Metadata,
+) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>>
+where
+    A: Aggregate<Services = ()>,
+    ES: EventStore<A>,
+{
+    let mut context = store.load_aggregate(id).await?;
+    let sink = EventSink::default();
+    context
+        .aggregate()
+        .handle(command, &(), &sink)
+        .await
+        .map_err(AggregateError::UserError)?;
+    let events = sink.collect().await;
+    if events.is_empty() {
+        return Ok(vec![]);
+    }
+    store.commit(events, context, metadata).await
+}
+
+/// postgres-es reports a duplicate (aggregate, sequence) as `AggregateConflict`; sqlite-es only
+/// recognises primary-key violations, and our SQLite log keeps the sequence in a UNIQUE index
+/// (the primary key is the global position), so that case arrives as an unexpected error.
+fn is_conflict<E: std::error::Error>(error: &AggregateError<E>) -> bool {
+    match error {
+        AggregateError::AggregateConflict => true,
+        AggregateError::UnexpectedError(inner) => inner
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|e| e.code())
+            .is_some_and(|code| matches!(code.as_ref(), "2067" | "1555" | "23505")),
+        _ => false,
+    }
+}
+
+fn classify<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {
+    match error {
+        AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(e.to_string()),
+        AggregateError::UnexpectedError(e) => match e.downcast_ref::<sqlx::Error>() {
+            Some(sqlx_error) => classify_sqlx(sqlx_error),
+            None => CommandError::Internal(e.to_string()),
+        },
+        other => CommandError::Internal(other.to_string()),
+    }
+}
+
+fn classify_sqlx<E: std::error::Error>(error: &sqlx::Error) -> CommandError<E> {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            CommandError::Unavailable(error.to_string())
+        }
+        other => CommandError::Internal(other.to_string()),
+    }
+}

@@ -1,0 +1,79 @@
+//! Event store wiring: SQLite (embedded default) or PostgreSQL, migrations, and the command
+//! bus that appends to the log through cqrs-es and answers after the read models caught up.
+
+mod bus;
+mod secrets;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use talkamie_projections::{Db, Projector};
+
+pub use bus::{CommandError, Metadata};
+pub use secrets::secret;
+
+use crate::config::Settings;
+
+/// The database and the projector that keeps its read models up to date.
+#[derive(Clone)]
+pub struct Store {
+    pub db: Db,
+    pub projector: Arc<Projector>,
+}
+
+impl Store {
+    /// Connects (creating the SQLite file when needed) and applies the migrations.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Store> {
+        let db = connect(settings).await?;
+        migrate(&db).await?;
+        let projector = Projector::new(db.clone());
+        Ok(Store { db, projector })
+    }
+}
+
+pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
+    match &settings.database_url {
+        Some(url) => {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                // A database that is down answers 503 quickly instead of hanging requests.
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await
+                .with_context(|| "connecting to PostgreSQL (DATABASE_URL)")?;
+            Ok(Db::Postgres(pool))
+        }
+        None => {
+            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                format!("creating the data dir {}", settings.data_dir.display())
+            })?;
+            let path = settings.data_dir.join("talkamie.db");
+            let options = SqliteConnectOptions::from_str("sqlite://")?
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .with_context(|| format!("opening {}", path.display()))?;
+            Ok(Db::Sqlite(pool))
+        }
+    }
+}
+
+pub async fn migrate(db: &Db) -> anyhow::Result<()> {
+    match db {
+        Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await,
+        Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await,
+    }
+    .context("applying migrations")
+}
