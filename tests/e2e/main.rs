@@ -1,0 +1,9 @@
+//! End-to-end tests: a real server process, real HTTP and WebSocket, real SQLite and
+//! PostgreSQL (the PostgreSQL variants run when `TEST_DATABASE_URL` is set).
+
+mod helpers;
+
+mod auth;
+mod errors;
+mod store;
+mod ws;
