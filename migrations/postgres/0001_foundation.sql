@@ -109,4 +109,11 @@ BEGIN
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END
 $$;
-GRANT SELECT ON events, projection_checkpoints, users, sessions, feed TO talkamie_analyst;
+-- Analysts read the log through a view that hides the payloads of account streams (they hold
+-- emails and password hashes); the raw events table stays with the service and the audit CLI.
+CREATE VIEW events_for_analysts AS
+SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+       CASE WHEN aggregate_type IN ('User', 'EmailClaim', 'Otp') THEN NULL ELSE payload END AS payload,
+       recorded_at
+  FROM events;
+GRANT SELECT ON events_for_analysts, projection_checkpoints, users, sessions, feed TO talkamie_analyst;

@@ -15,7 +15,9 @@ both_stores!(
 );
 
 async fn sign_up_sign_in_refresh_reuse_and_sign_out(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
     let email = unique_email("ann");
 
@@ -34,7 +36,12 @@ async fn sign_up_sign_in_refresh_reuse_and_sign_out(backend: Backend) {
     assert_eq!(user["name"], json!("Ann"));
     assert_eq!(user["type"], json!("senior"));
     assert_eq!(user["verification"]["basic"]["status"], json!("pending"));
-    assert!(user["insertDate"].as_str().is_some_and(|d| d.ends_with('Z')), "{user}");
+    assert!(
+        user["insertDate"]
+            .as_str()
+            .is_some_and(|d| d.ends_with('Z')),
+        "{user}"
+    );
     let (user_id, _, _) = account(&body);
 
     // Emails are unique case-insensitively.
@@ -66,30 +73,52 @@ async fn sign_up_sign_in_refresh_reuse_and_sign_out(backend: Backend) {
     assert_eq!(body["data"]["user"]["email"], json!(email.to_uppercase()));
 
     // Refresh rotates: new tokens work.
-    let (status, body) = server.post("/v1/auth/refresh", None, json!({"refresh": refresh})).await;
+    let (status, body) = server
+        .post("/v1/auth/refresh", None, json!({"refresh": refresh}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let access2 = body["data"]["tokens"]["access"].as_str().unwrap().to_string();
-    let refresh2 = body["data"]["tokens"]["refresh"].as_str().unwrap().to_string();
-    assert_eq!(server.get("/v1/auth", Some(&access2)).await.0, StatusCode::OK);
+    let access2 = body["data"]["tokens"]["access"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refresh2 = body["data"]["tokens"]["refresh"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        server.get("/v1/auth", Some(&access2)).await.0,
+        StatusCode::OK
+    );
 
     // Presenting the old refresh token again kills the whole session.
-    let (status, body) = server.post("/v1/auth/refresh", None, json!({"refresh": refresh})).await;
+    let (status, body) = server
+        .post("/v1/auth/refresh", None, json!({"refresh": refresh}))
+        .await;
     assert_error(status, &body, 401, "unauthenticated");
-    let (status, body) = server.post("/v1/auth/refresh", None, json!({"refresh": refresh2})).await;
+    let (status, body) = server
+        .post("/v1/auth/refresh", None, json!({"refresh": refresh2}))
+        .await;
     assert_error(status, &body, 401, "unauthenticated");
     let (status, body) = server.get("/v1/auth", Some(&access2)).await;
     assert_error(status, &body, 401, "unauthenticated");
-    assert_eq!(server.get("/v1/auth", Some(&access)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        server.get("/v1/auth", Some(&access)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 
     // A new session; sign-out ends it and its tokens.
     let (_, body) = server.sign_in(&email, "password-1").await;
     let (_, access3, refresh3) = account(&body);
-    let (status, body) = server.call("DELETE", "/v1/auth/sign-out", Some(&access3), None).await;
+    let (status, body) = server
+        .call("DELETE", "/v1/auth/sign-out", Some(&access3), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"], json!(null));
     let (status, body) = server.get("/v1/auth", Some(&access3)).await;
     assert_error(status, &body, 401, "unauthenticated");
-    let (status, body) = server.post("/v1/auth/refresh", None, json!({"refresh": refresh3})).await;
+    let (status, body) = server
+        .post("/v1/auth/refresh", None, json!({"refresh": refresh3}))
+        .await;
     assert_error(status, &body, 401, "unauthenticated");
 }
 
@@ -122,49 +151,89 @@ fn code_from_mail(db: &TestDb, to: &str) -> String {
 }
 
 async fn otp_verifies_email_and_resets_password(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
     let email = unique_email("otp");
     let (_, access, _) = server.sign_up(&email, "first-password", "volunteer").await;
 
     // Unknown emails get the same 200 and no mail.
     let (status, body) = server
-        .post("/v1/otp", None, json!({"email": unique_email("ghost"), "purpose": "verify-email"}))
+        .post(
+            "/v1/otp",
+            None,
+            json!({"email": unique_email("ghost"), "purpose": "verify-email"}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(!db.mail_dir().exists() || std::fs::read_dir(db.mail_dir()).unwrap().count() == 0);
 
-    let (status, _) = server.post("/v1/otp", None, json!({"email": email, "purpose": "verify-email"})).await;
+    let (status, _) = server
+        .post(
+            "/v1/otp",
+            None,
+            json!({"email": email, "purpose": "verify-email"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let code = code_from_mail(&db, &email);
 
     // A wrong code counts a try.
     let wrong = if code == "000000" { "111111" } else { "000000" };
     let (status, body) = server
-        .post("/v1/otp/verify", None, json!({"email": email, "code": wrong, "purpose": "verify-email"}))
+        .post(
+            "/v1/otp/verify",
+            None,
+            json!({"email": email, "code": wrong, "purpose": "verify-email"}),
+        )
         .await;
     assert_error(status, &body, 422, "invalid_code");
-    assert!(body["message"].as_str().unwrap().contains("4 tries left"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("4 tries left"),
+        "{body}"
+    );
 
     let (status, body) = server
-        .post("/v1/otp/verify", None, json!({"email": email, "code": code, "purpose": "verify-email"}))
+        .post(
+            "/v1/otp/verify",
+            None,
+            json!({"email": email, "code": code, "purpose": "verify-email"}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"], json!({"verified": true}));
     let (_, me) = server.get("/v1/auth", Some(&access)).await;
-    assert_eq!(me["data"]["user"]["verification"]["basic"]["status"], json!("complete"));
+    assert_eq!(
+        me["data"]["user"]["verification"]["basic"]["status"],
+        json!("complete")
+    );
     // Single use.
     let (status, body) = server
-        .post("/v1/otp/verify", None, json!({"email": email, "code": code, "purpose": "verify-email"}))
+        .post(
+            "/v1/otp/verify",
+            None,
+            json!({"email": email, "code": code, "purpose": "verify-email"}),
+        )
         .await;
     assert_error(status, &body, 422, "invalid_code");
 
     // Reset the password with a reset code: checking it first does not use it up.
-    let (status, _) = server.post("/v1/otp", None, json!({"email": email, "purpose": "reset-password"})).await;
+    let (status, _) = server
+        .post(
+            "/v1/otp",
+            None,
+            json!({"email": email, "purpose": "reset-password"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let code = code_from_mail(&db, &email);
     let (status, body) = server
-        .post("/v1/otp/verify", None, json!({"email": email, "code": code, "purpose": "reset-password"}))
+        .post(
+            "/v1/otp/verify",
+            None,
+            json!({"email": email, "code": code, "purpose": "reset-password"}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = server
@@ -178,8 +247,14 @@ async fn otp_verifies_email_and_resets_password(backend: Backend) {
     // Old password fails, new one works, every old session ended.
     let (status, body) = server.sign_in(&email, "first-password").await;
     assert_error(status, &body, 401, "unauthenticated");
-    assert_eq!(server.sign_in(&email, "second-password").await.0, StatusCode::OK);
-    assert_eq!(server.get("/v1/auth", Some(&access)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        server.sign_in(&email, "second-password").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server.get("/v1/auth", Some(&access)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     // The reset code was used up.
     let (status, body) = server
         .post(
@@ -192,7 +267,9 @@ async fn otp_verifies_email_and_resets_password(backend: Backend) {
 }
 
 async fn change_password_ends_other_sessions(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
     let email = unique_email("pw");
     let (user_id, first, _) = server.sign_up(&email, "password-one", "senior").await;
@@ -201,25 +278,51 @@ async fn change_password_ends_other_sessions(backend: Backend) {
 
     let path = format!("/v1/user/{user_id}/password");
     let (status, body) = server
-        .call("PUT", &path, Some(&first), Some(json!({"oldPassword": "wrong-one", "newPassword": "password-two"})))
+        .call(
+            "PUT",
+            &path,
+            Some(&first),
+            Some(json!({"oldPassword": "wrong-one", "newPassword": "password-two"})),
+        )
         .await;
     assert_error(status, &body, 422, "wrong_password");
     let (status, body) = server
-        .call("PUT", &path, Some(&first), Some(json!({"oldPassword": "password-one", "newPassword": "short"})))
+        .call(
+            "PUT",
+            &path,
+            Some(&first),
+            Some(json!({"oldPassword": "password-one", "newPassword": "short"})),
+        )
         .await;
     assert_error(status, &body, 400, "invalid_input");
     assert!(body["details"]["newPassword"].is_string(), "{body}");
     let (status, body) = server
-        .call("PUT", &path, Some(&first), Some(json!({"oldPassword": "password-one", "newPassword": "password-two"})))
+        .call(
+            "PUT",
+            &path,
+            Some(&first),
+            Some(json!({"oldPassword": "password-one", "newPassword": "password-two"})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(server.get("/v1/auth", Some(&first)).await.0, StatusCode::OK);
-    assert_eq!(server.get("/v1/auth", Some(&second)).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(server.sign_in(&email, "password-one").await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(server.sign_in(&email, "password-two").await.0, StatusCode::OK);
+    assert_eq!(
+        server.get("/v1/auth", Some(&second)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        server.sign_in(&email, "password-one").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        server.sign_in(&email, "password-two").await.0,
+        StatusCode::OK
+    );
 
     // Someone else's id is 403.
-    let (other_id, _, _) = server.sign_up(&unique_email("x"), "password-x", "senior").await;
+    let (other_id, _, _) = server
+        .sign_up(&unique_email("x"), "password-x", "senior")
+        .await;
     let (status, body) = server
         .call(
             "PUT",
@@ -232,7 +335,9 @@ async fn change_password_ends_other_sessions(backend: Backend) {
 }
 
 async fn sign_in_is_rate_limited(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
     let email = unique_email("brute");
     server.sign_up(&email, "password-1", "senior").await;
@@ -246,7 +351,11 @@ async fn sign_in_is_rate_limited(backend: Backend) {
             .await
             .unwrap();
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let retry_after: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             let body: serde_json::Value = response.json().await.unwrap();
             limited = Some((retry_after, body));
             break;
@@ -257,11 +366,16 @@ async fn sign_in_is_rate_limited(backend: Backend) {
     assert!(retry_after >= 1);
     assert_error(StatusCode::TOO_MANY_REQUESTS, &body, 429, "rate_limited");
     // Even the right password waits.
-    assert_eq!(server.sign_in(&email, "password-1").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        server.sign_in(&email, "password-1").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
 
 async fn one_account_per_email_under_concurrency(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = std::sync::Arc::new(Server::start(&db).await);
     let email = unique_email("race");
     let attempts = (0..8).map(|i| {

@@ -166,7 +166,10 @@ impl Server {
     /// SIGTERM, then wait for the process to exit.
     pub async fn stop(mut self) {
         let pid = self.pid().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         let waited = tokio::task::spawn_blocking(move || {
             let status = self.child.wait();
             (self, status)
@@ -179,7 +182,13 @@ impl Server {
         std::mem::forget(server);
     }
 
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(token) = token {
@@ -204,7 +213,12 @@ impl Server {
     }
 
     /// Signs up and returns `(user id, access, refresh)`.
-    pub async fn sign_up(&self, email: &str, password: &str, kind: &str) -> (String, String, String) {
+    pub async fn sign_up(
+        &self,
+        email: &str,
+        password: &str,
+        kind: &str,
+    ) -> (String, String, String) {
         let (status, body) = self
             .post(
                 "/v1/auth/sign-up",
@@ -217,12 +231,18 @@ impl Server {
     }
 
     pub async fn sign_in(&self, email: &str, password: &str) -> (StatusCode, Value) {
-        self.post("/v1/auth/sign-in", None, json!({"email": email, "password": password}))
-            .await
+        self.post(
+            "/v1/auth/sign-in",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
     }
 
     pub async fn ws(&self) -> Ws {
-        let (stream, _) = tokio_tungstenite::connect_async(&self.ws_url).await.expect("ws connect");
+        let (stream, _) = tokio_tungstenite::connect_async(&self.ws_url)
+            .await
+            .expect("ws connect");
         Ws { stream }
     }
 
@@ -251,8 +271,14 @@ pub fn account(body: &Value) -> (String, String, String) {
     let data = &body["data"];
     (
         data["user"]["id"].as_str().expect("user id").to_string(),
-        data["tokens"]["access"].as_str().expect("access").to_string(),
-        data["tokens"]["refresh"].as_str().expect("refresh").to_string(),
+        data["tokens"]["access"]
+            .as_str()
+            .expect("access")
+            .to_string(),
+        data["tokens"]["refresh"]
+            .as_str()
+            .expect("refresh")
+            .to_string(),
     )
 }
 
@@ -266,11 +292,16 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_cod
     assert_eq!(body["success"], json!(false), "{body}");
     assert_eq!(body["statusCode"], json!(want_status), "{body}");
     assert_eq!(body["error"], json!(want_code), "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 pub struct Ws {
-    pub stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 }
 
 /// What the server sent next: a JSON frame or a close.
@@ -282,7 +313,10 @@ pub enum Incoming {
 
 impl Ws {
     pub async fn send(&mut self, frame: Value) {
-        self.stream.send(Message::text(frame.to_string())).await.expect("ws send");
+        self.stream
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("ws send");
     }
 
     pub async fn send_raw(&mut self, message: Message) -> bool {
@@ -293,10 +327,14 @@ impl Ws {
     pub async fn next_within(&mut self, timeout: Duration) -> Option<Incoming> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let message = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()?;
+            let message = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
             match message {
                 Some(Ok(Message::Text(text))) => {
-                    return Some(Incoming::Json(serde_json::from_str(&text).expect("JSON frame")))
+                    return Some(Incoming::Json(
+                        serde_json::from_str(&text).expect("JSON frame"),
+                    ))
                 }
                 Some(Ok(Message::Close(frame))) => {
                     return Some(Incoming::Closed(frame.map(|f| u16::from(f.code))))

@@ -19,12 +19,19 @@ both_stores!(
 );
 
 async fn data_survives_a_restart(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
     let email = unique_email("durable");
     let (user_id, access, _) = server.sign_up(&email, "password-1", "volunteer").await;
     let (status, _) = server
-        .call("PUT", &format!("/v1/user/{user_id}"), Some(&access), Some(json!({"bio": "still here"})))
+        .call(
+            "PUT",
+            &format!("/v1/user/{user_id}"),
+            Some(&access),
+            Some(json!({"bio": "still here"})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     server.stop().await;
@@ -72,18 +79,29 @@ async fn snapshot(db: &Db) -> Vec<Vec<Option<String>>> {
 }
 
 async fn rebuilt_read_models_equal_the_live_ones(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
     for i in 0..4 {
         let email = unique_email(&format!("rebuild{i}"));
         let (user_id, access, refresh) = server.sign_up(&email, "password-1", "senior").await;
         server
-            .call("PUT", &format!("/v1/user/{user_id}"), Some(&access), Some(json!({"bio": format!("bio {i}"), "gender": "female"})))
+            .call(
+                "PUT",
+                &format!("/v1/user/{user_id}"),
+                Some(&access),
+                Some(json!({"bio": format!("bio {i}"), "gender": "female"})),
+            )
             .await;
-        server.post("/v1/auth/refresh", None, json!({"refresh": refresh})).await;
+        server
+            .post("/v1/auth/refresh", None, json!({"refresh": refresh}))
+            .await;
         server.sign_in(&email, "password-1").await;
         if i % 2 == 0 {
-            server.call("DELETE", "/v1/auth/sign-out", Some(&access), None).await;
+            server
+                .call("DELETE", "/v1/auth/sign-out", Some(&access), None)
+                .await;
         }
     }
     server.stop().await;
@@ -93,12 +111,19 @@ async fn rebuilt_read_models_equal_the_live_ones(backend: Backend) {
     assert!(live.len() > 12, "the live read models have rows");
 
     let mut rebuild = Command::new(env!("CARGO_BIN_EXE_talkamie"));
-    rebuild.args(["projections", "rebuild"]).env_remove("DATABASE_URL").env("RUST_LOG", "warn");
+    rebuild
+        .args(["projections", "rebuild"])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn");
     for (k, v) in db.env() {
         rebuild.env(k, v);
     }
     let output = rebuild.output().expect("run talkamie projections rebuild");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("users"));
 
     let rebuilt = snapshot(&pool).await;
@@ -106,7 +131,8 @@ async fn rebuilt_read_models_equal_the_live_ones(backend: Backend) {
 
     // An unknown projection name is refused with a non-zero exit.
     let mut bad = Command::new(env!("CARGO_BIN_EXE_talkamie"));
-    bad.args(["projections", "rebuild", "nonsense"]).env_remove("DATABASE_URL");
+    bad.args(["projections", "rebuild", "nonsense"])
+        .env_remove("DATABASE_URL");
     for (k, v) in db.env() {
         bad.env(k, v);
     }
@@ -114,16 +140,25 @@ async fn rebuilt_read_models_equal_the_live_ones(backend: Backend) {
 }
 
 async fn concurrent_writes_to_one_aggregate_are_retried(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Arc::new(Server::start(&db).await);
-    let (user_id, access, _) = server.sign_up(&unique_email("busy"), "password-1", "senior").await;
+    let (user_id, access, _) = server
+        .sign_up(&unique_email("busy"), "password-1", "senior")
+        .await;
     let writers = (0..10).map(|i| {
         let server = server.clone();
         let access = access.clone();
         let path = format!("/v1/user/{user_id}");
         tokio::spawn(async move {
             server
-                .call("PUT", &path, Some(&access), Some(json!({"bio": format!("writer {i}")})))
+                .call(
+                    "PUT",
+                    &path,
+                    Some(&access),
+                    Some(json!({"bio": format!("writer {i}")})),
+                )
                 .await
         })
     });
@@ -139,7 +174,10 @@ async fn concurrent_writes_to_one_aggregate_are_retried(backend: Backend) {
     }
     assert!(ok >= 1);
     let (_, me) = server.get("/v1/auth", Some(&access)).await;
-    assert!(me["data"]["user"]["bio"].as_str().unwrap().starts_with("writer "));
+    assert!(me["data"]["user"]["bio"]
+        .as_str()
+        .unwrap()
+        .starts_with("writer "));
 
     // Every successful write is one event in the user's stream, numbered without gaps.
     let pool = db.connect().await;
@@ -165,29 +203,50 @@ fn registered(name: &str) -> String {
 }
 
 async fn user_exists(db: &Db, id: &str) -> bool {
-    talkamie_projections::users::find_by_id(db, id).await.unwrap().is_some()
+    talkamie_projections::users::find_by_id(db, id)
+        .await
+        .unwrap()
+        .is_some()
 }
 
 /// PostgreSQL: transaction A appends first but commits last; its event must still be applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_commit_is_never_skipped() {
-    let Some(test_db) = TestDb::new(Backend::Postgres).await else { return };
-    let settings = talkamie::config::Settings::from_map(&test_db.env().into_iter().collect()).unwrap();
+    let Some(test_db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let settings =
+        talkamie::config::Settings::from_map(&test_db.env().into_iter().collect()).unwrap();
     let store = talkamie::store::Store::open(&settings).await.unwrap();
-    let Db::Postgres(pool) = &store.db else { panic!("postgres") };
+    let Db::Postgres(pool) = &store.db else {
+        panic!("postgres")
+    };
     let insert = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
                   VALUES ('User', $1, 1, 'UserRegistered', '1', CAST($2 AS json), CAST('{}' AS json))";
 
     let mut a = pool.begin().await.unwrap();
-    sqlx::query(insert).bind("user-a").bind(registered("a")).execute(&mut *a).await.unwrap();
+    sqlx::query(insert)
+        .bind("user-a")
+        .bind(registered("a"))
+        .execute(&mut *a)
+        .await
+        .unwrap();
     let mut b = pool.begin().await.unwrap();
-    sqlx::query(insert).bind("user-b").bind(registered("b")).execute(&mut *b).await.unwrap();
+    sqlx::query(insert)
+        .bind("user-b")
+        .bind(registered("b"))
+        .execute(&mut *b)
+        .await
+        .unwrap();
     b.commit().await.unwrap();
 
     // B committed, but A (older) is still open: the projector must not move past A's event.
     store.projector.catch_up().await.unwrap();
     assert!(!user_exists(&store.db, "user-a").await);
-    assert!(!user_exists(&store.db, "user-b").await, "B is held back until A ends");
+    assert!(
+        !user_exists(&store.db, "user-b").await,
+        "B is held back until A ends"
+    );
 
     a.commit().await.unwrap();
     let (a_pos, b_pos): (i64, i64) = sqlx::query_as(
@@ -199,6 +258,9 @@ async fn a_late_commit_is_never_skipped() {
     .unwrap();
     assert!(a_pos < b_pos, "A took the lower position");
     store.projector.catch_up().await.unwrap();
-    assert!(user_exists(&store.db, "user-a").await, "A's late event was applied");
+    assert!(
+        user_exists(&store.db, "user-a").await,
+        "A's late event was applied"
+    );
     assert!(user_exists(&store.db, "user-b").await);
 }

@@ -21,13 +21,19 @@ both_stores!(
 );
 
 async fn authenticate_ping_and_bad_frames(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
-    let (user_id, access, _) = server.sign_up(&unique_email("ws"), "password-1", "senior").await;
+    let (user_id, access, _) = server
+        .sign_up(&unique_email("ws"), "password-1", "senior")
+        .await;
     let mut ws = server.ws().await;
 
     // Ping works before authentication.
-    let reply = ws.request(json!({"action": "ping", "requestId": "p1"})).await;
+    let reply = ws
+        .request(json!({"action": "ping", "requestId": "p1"}))
+        .await;
     assert_eq!(reply["action"], json!("ping"));
     assert_eq!(reply["requestId"], json!("p1"));
     assert_eq!(reply["statusCode"], json!(200));
@@ -35,31 +41,53 @@ async fn authenticate_ping_and_bad_frames(backend: Backend) {
     assert!(reply["data"]["serverTime"].is_string());
 
     // Other actions need authentication.
-    let reply = ws.request(json!({"action": "user.me", "requestId": 2})).await;
-    assert_eq!((reply["statusCode"].clone(), reply["error"].clone()), (json!(401), json!("unauthenticated")));
+    let reply = ws
+        .request(json!({"action": "user.me", "requestId": 2}))
+        .await;
+    assert_eq!(
+        (reply["statusCode"].clone(), reply["error"].clone()),
+        (json!(401), json!("unauthenticated"))
+    );
     assert_eq!(reply["requestId"], json!(2));
 
     // Bad tokens and malformed frames answer in the envelope; the socket stays usable.
-    let reply = ws.request(json!({"action": "authenticate", "token": "garbage"})).await;
+    let reply = ws
+        .request(json!({"action": "authenticate", "token": "garbage"}))
+        .await;
     assert_eq!(reply["statusCode"], json!(401), "{reply}");
     assert!(ws.send_raw(Message::text("{not json")).await);
     let reply = ws.recv().await;
-    assert_eq!((reply["statusCode"].clone(), reply["error"].clone()), (json!(400), json!("invalid_input")));
+    assert_eq!(
+        (reply["statusCode"].clone(), reply["error"].clone()),
+        (json!(400), json!("invalid_input"))
+    );
     let reply = ws.request(json!({"requestId": "x"})).await;
     assert_eq!(reply["statusCode"], json!(400), "{reply}");
-    let reply = ws.request(json!({"action": "authenticate", "token": access, "since": "yesterday"})).await;
+    let reply = ws
+        .request(json!({"action": "authenticate", "token": access, "since": "yesterday"}))
+        .await;
     assert_eq!(reply["statusCode"], json!(400), "{reply}");
 
-    let reply = ws.request(json!({"action": "authenticate", "token": access, "requestId": "a"})).await;
+    let reply = ws
+        .request(json!({"action": "authenticate", "token": access, "requestId": "a"}))
+        .await;
     assert_eq!(reply["success"], json!(true), "{reply}");
     assert_eq!(reply["data"]["id"], json!(user_id));
     assert_eq!(reply["data"]["online"], json!(true));
     let reply = ws.request(json!({"action": "user.me"})).await;
     assert_eq!(reply["data"]["id"], json!(user_id));
-    assert_eq!(reply["data"]["email"].as_str().map(|e| e.contains("@")), Some(true));
+    assert_eq!(
+        reply["data"]["email"].as_str().map(|e| e.contains("@")),
+        Some(true)
+    );
     let reply = ws.request(json!({"action": "launch.rockets"})).await;
-    assert_eq!((reply["statusCode"].clone(), reply["error"].clone()), (json!(404), json!("unknown_action")));
-    let reply = ws.request(json!({"action": "user.update", "gender": "robot"})).await;
+    assert_eq!(
+        (reply["statusCode"].clone(), reply["error"].clone()),
+        (json!(404), json!("unknown_action"))
+    );
+    let reply = ws
+        .request(json!({"action": "user.update", "gender": "robot"}))
+        .await;
     assert_eq!(reply["statusCode"], json!(400), "{reply}");
 
     // The REST view agrees that the user is online while the socket is open.
@@ -69,7 +97,9 @@ async fn authenticate_ping_and_bad_frames(backend: Backend) {
 }
 
 async fn unauthenticated_sockets_are_closed_after_ten_seconds(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
     let mut ws = server.ws().await;
     let opened = Instant::now();
@@ -78,13 +108,20 @@ async fn unauthenticated_sockets_are_closed_after_ten_seconds(backend: Backend) 
         other => panic!("expected a close, got {other:?}"),
     }
     let waited = opened.elapsed();
-    assert!(waited >= Duration::from_secs(9), "closed too early: {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(9),
+        "closed too early: {waited:?}"
+    );
 }
 
 async fn oversized_frames_are_refused(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
-    let (_, access, _) = server.sign_up(&unique_email("big"), "password-1", "senior").await;
+    let (_, access, _) = server
+        .sign_up(&unique_email("big"), "password-1", "senior")
+        .await;
     let (mut ws, _) = server.ws_authenticated(&access, None).await;
     // Just under the limit is fine.
     let fits = json!({"action": "ping", "pad": "x".repeat(60 * 1024)});
@@ -111,20 +148,33 @@ async fn oversized_frames_are_refused(backend: Backend) {
 }
 
 async fn user_update_reaches_every_socket_of_the_user(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
-    let (user_id, access, _) = server.sign_up(&unique_email("two"), "password-1", "senior").await;
+    let (user_id, access, _) = server
+        .sign_up(&unique_email("two"), "password-1", "senior")
+        .await;
     let (mut first, _) = server.ws_authenticated(&access, None).await;
     let (mut second, _) = server.ws_authenticated(&access, None).await;
     // Another user's change never reaches these sockets.
-    let (other_id, other_access, _) = server.sign_up(&unique_email("other"), "password-1", "senior").await;
+    let (other_id, other_access, _) = server
+        .sign_up(&unique_email("other"), "password-1", "senior")
+        .await;
     let (status, _) = server
-        .call("PUT", &format!("/v1/user/{other_id}"), Some(&other_access), Some(json!({"bio": "not yours"})))
+        .call(
+            "PUT",
+            &format!("/v1/user/{other_id}"),
+            Some(&other_access),
+            Some(json!({"bio": "not yours"})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
 
     // A change over the first socket is pushed to both.
-    let reply = first.request(json!({"action": "user.update", "bio": "Loves chess", "requestId": "u"})).await;
+    let reply = first
+        .request(json!({"action": "user.update", "bio": "Loves chess", "requestId": "u"}))
+        .await;
     assert_eq!(reply["data"]["bio"], json!("Loves chess"), "{reply}");
     for ws in [&mut first, &mut second] {
         let push = ws.push("user.update").await;
@@ -134,7 +184,12 @@ async fn user_update_reaches_every_socket_of_the_user(backend: Backend) {
     }
     // And so is a change over REST.
     let (status, _) = server
-        .call("PUT", &format!("/v1/user/{user_id}"), Some(&access), Some(json!({"name": "Ann Again"})))
+        .call(
+            "PUT",
+            &format!("/v1/user/{user_id}"),
+            Some(&access),
+            Some(json!({"name": "Ann Again"})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let a = first.push("user.update").await;
@@ -144,18 +199,26 @@ async fn user_update_reaches_every_socket_of_the_user(backend: Backend) {
 }
 
 async fn reconnect_with_since_replays_missed_pushes(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
-    let (user_id, access, _) = server.sign_up(&unique_email("since"), "password-1", "senior").await;
+    let (user_id, access, _) = server
+        .sign_up(&unique_email("since"), "password-1", "senior")
+        .await;
     let (mut ws, _) = server.ws_authenticated(&access, None).await;
     let path = format!("/v1/user/{user_id}");
-    server.call("PUT", &path, Some(&access), Some(json!({"bio": "one"}))).await;
+    server
+        .call("PUT", &path, Some(&access), Some(json!({"bio": "one"})))
+        .await;
     let seen = ws.push("user.update").await["position"].as_i64().unwrap();
     drop(ws);
 
     // Offline: two changes.
     for bio in ["two", "three"] {
-        let (status, _) = server.call("PUT", &path, Some(&access), Some(json!({"bio": bio}))).await;
+        let (status, _) = server
+            .call("PUT", &path, Some(&access), Some(json!({"bio": bio})))
+            .await;
         assert_eq!(status, StatusCode::OK);
     }
     let (mut ws, reply) = server.ws_authenticated(&access, Some(seen)).await;
@@ -168,18 +231,26 @@ async fn reconnect_with_since_replays_missed_pushes(backend: Backend) {
     assert!(two["position"].as_i64() < three["position"].as_i64());
     // Exactly once: nothing else is pending, and new pushes still arrive live.
     assert!(ws.next_within(Duration::from_millis(1500)).await.is_none());
-    server.call("PUT", &path, Some(&access), Some(json!({"bio": "four"}))).await;
+    server
+        .call("PUT", &path, Some(&access), Some(json!({"bio": "four"})))
+        .await;
     let four = ws.push("user.update").await;
     assert_eq!(four["data"]["user"]["bio"], json!("four"));
 }
 
 async fn token_in_header_or_query_authenticates(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
-    let (user_id, access, _) = server.sign_up(&unique_email("hdr"), "password-1", "senior").await;
+    let (user_id, access, _) = server
+        .sign_up(&unique_email("hdr"), "password-1", "senior")
+        .await;
 
     let url = format!("{}?token={access}", server.ws_url);
-    let (stream, _) = tokio_tungstenite::connect_async(&url).await.expect("query token");
+    let (stream, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("query token");
     let mut ws = crate::helpers::Ws { stream };
     let reply = ws.request(json!({"action": "user.me"})).await;
     assert_eq!(reply["data"]["id"], json!(user_id));
@@ -189,7 +260,9 @@ async fn token_in_header_or_query_authenticates(backend: Backend) {
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {access}").parse().unwrap());
-    let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("header token");
+    let (stream, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("header token");
     let mut ws = crate::helpers::Ws { stream };
     let reply = ws.request(json!({"action": "user.me"})).await;
     assert_eq!(reply["data"]["id"], json!(user_id));
@@ -206,9 +279,13 @@ async fn token_in_header_or_query_authenticates(backend: Backend) {
 }
 
 async fn sigterm_sends_close_frames(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
-    let (_, access, _) = server.sign_up(&unique_email("term"), "password-1", "senior").await;
+    let (_, access, _) = server
+        .sign_up(&unique_email("term"), "password-1", "senior")
+        .await;
     let (mut ws, _) = server.ws_authenticated(&access, None).await;
     let stopping = tokio::spawn(server.stop());
     match ws.next_within(Duration::from_secs(20)).await {
@@ -219,11 +296,16 @@ async fn sigterm_sends_close_frames(backend: Backend) {
 }
 
 async fn flooding_is_rate_limited_then_closed(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
     let server = Server::start(&db).await;
     let mut ws = server.ws().await;
     for _ in 0..200 {
-        if !ws.send_raw(Message::text(json!({"action": "ping"}).to_string())).await {
+        if !ws
+            .send_raw(Message::text(json!({"action": "ping"}).to_string()))
+            .await
+        {
             break;
         }
     }
