@@ -48,17 +48,19 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let hub = Hub::new();
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(store.projector.clone().run(stop_rx.clone()));
-    tokio::spawn(ws::hub::run_tailer(
-        hub.clone(),
-        store.clone(),
-        stop_rx.clone(),
-    ));
-    tokio::spawn(ws::hub::listen_for_remote_pushes(
-        hub.clone(),
-        store.db.clone(),
-        stop_rx.clone(),
-    ));
+    let background = vec![
+        tokio::spawn(store.projector.clone().run(stop_rx.clone())),
+        tokio::spawn(ws::hub::run_tailer(
+            hub.clone(),
+            store.clone(),
+            stop_rx.clone(),
+        )),
+        tokio::spawn(ws::hub::listen_for_remote_pushes(
+            hub.clone(),
+            store.db.clone(),
+            stop_rx.clone(),
+        )),
+    ];
 
     let listener = TcpListener::bind((settings.host.as_str(), settings.port))
         .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
@@ -134,7 +136,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         handle.stop(true).await;
     });
     server.await?;
+    // Let the projector finish its round (it commits or rolls back whole batches).
     let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::future::join_all(background),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

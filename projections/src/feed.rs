@@ -12,6 +12,8 @@ use crate::{users, with_pool, with_tx, Db, DbTx, ProjectionError, StoredEvent};
 
 pub const TABLES: &[&str] = &["feed"];
 pub const RETENTION_DAYS: i64 = 7;
+/// Push sent to the sockets of a session that has ended; they close right after it.
+pub const SESSION_ENDED: &str = "session.ended";
 
 /// One push for one user.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,12 +30,17 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projecti
         return Ok(0);
     }
     let user_id = event.aggregate_id.as_str();
-    let changes_profile = matches!(
-        event.decode::<UserEvent>()?,
-        UserEvent::ProfileUpdated { .. } | UserEvent::EmailVerified { .. }
-    );
-    if !changes_profile {
-        return Ok(0);
+    match event.decode::<UserEvent>()? {
+        UserEvent::ProfileUpdated { .. } | UserEvent::EmailVerified { .. } => {}
+        // Tells the sockets of that session to close (sign-out, password change, token theft).
+        UserEvent::SessionEnded {
+            session_id, reason, ..
+        } => {
+            let payload = json!({ "sessionId": session_id, "reason": reason.as_str() });
+            push(tx, user_id, SESSION_ENDED, &payload, event.recorded_at).await?;
+            return Ok(1);
+        }
+        _ => return Ok(0),
     }
     let Some(user) = users::find_by_id_tx(tx, user_id).await? else {
         return Ok(0);

@@ -370,6 +370,16 @@ impl Socket {
             return Flow::Continue;
         }
         feed.last_sent = row.position;
+        if row.action == feed::SESSION_ENDED {
+            // Only the sockets of the ended session hear of it, and then they close.
+            if row.payload["sessionId"].as_str() != Some(feed.who.session_id.as_str()) {
+                return Flow::Continue;
+            }
+            if let Flow::Close(reason) = self.send_text(frames::push(row)).await {
+                return Flow::Close(reason);
+            }
+            return close(CloseCode::Policy, "session ended");
+        }
         self.send_text(frames::push(row)).await
     }
 

@@ -403,3 +403,39 @@ async fn one_account_per_email_under_concurrency(backend: Backend) {
     }
     assert_eq!((created, conflicts), (1, 7));
 }
+
+both_stores!(otp_requests_are_rate_limited_per_email);
+
+async fn otp_requests_are_rate_limited_per_email(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    let email = unique_email("spam");
+    server.sign_up(&email, "password-1", "senior").await;
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let (status, body) = server
+            .post(
+                "/v1/otp",
+                None,
+                json!({"email": email, "purpose": "verify-email"}),
+            )
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_error(status, &body, 429, "rate_limited");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..5], &[StatusCode::OK; 5]);
+    assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
+    // Another email is not affected.
+    let (status, _) = server
+        .post(
+            "/v1/otp",
+            None,
+            json!({"email": unique_email("calm"), "purpose": "verify-email"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

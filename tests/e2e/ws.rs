@@ -325,3 +325,64 @@ async fn flooding_is_rate_limited_then_closed(backend: Backend) {
     assert!(limited > 0);
     assert_eq!(closed, Some(1008));
 }
+
+both_stores!(
+    signing_out_closes_that_sessions_sockets_only,
+    silent_sockets_are_closed
+);
+
+async fn signing_out_closes_that_sessions_sockets_only(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    let email = unique_email("out");
+    let (_, phone, _) = server.sign_up(&email, "password-1", "senior").await;
+    let (_, body) = server.sign_in(&email, "password-1").await;
+    let (_, laptop, _) = crate::helpers::account(&body);
+    let (mut phone_ws, _) = server.ws_authenticated(&phone, None).await;
+    let (mut laptop_ws, _) = server.ws_authenticated(&laptop, None).await;
+
+    let (status, _) = server
+        .call("DELETE", "/v1/auth/sign-out", Some(&phone), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = phone_ws.push("session.ended").await;
+    assert_eq!(ended["data"]["reason"], json!("sign-out"));
+    match phone_ws.next_within(Duration::from_secs(10)).await {
+        Some(Incoming::Closed(code)) => assert_eq!(code, Some(1008)),
+        other => panic!("expected the signed-out socket to close, got {other:?}"),
+    }
+    // The other session's socket hears nothing and keeps working.
+    assert!(laptop_ws
+        .next_within(Duration::from_millis(1500))
+        .await
+        .is_none());
+    let reply = laptop_ws.request(json!({"action": "ping"})).await;
+    assert_eq!(reply["statusCode"], json!(200));
+}
+
+async fn silent_sockets_are_closed(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    // The 60 s default is configurable; 2 s keeps the test short.
+    let server = Server::start_with(&db, &[("TALKAMIE_WS_IDLE_TIMEOUT_SECS", "2")]).await;
+    let (_, access, _) = server
+        .sign_up(&unique_email("idle"), "password-1", "senior")
+        .await;
+    let (mut ws, _) = server.ws_authenticated(&access, None).await;
+    // Talking keeps it open...
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let reply = ws.request(json!({"action": "ping"})).await;
+        assert_eq!(reply["statusCode"], json!(200));
+    }
+    // ...silence closes it.
+    let silent = Instant::now();
+    match ws.next_within(Duration::from_secs(10)).await {
+        Some(Incoming::Closed(code)) => assert_eq!(code, Some(1000)),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    assert!(silent.elapsed() >= Duration::from_millis(1500));
+}
