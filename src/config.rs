@@ -15,6 +15,29 @@ pub enum MailerKind {
     Smtp(String),
 }
 
+/// A coin package offered for purchase.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoinPackage {
+    pub coins: u64,
+    pub price_cents: u64,
+}
+
+/// `GET /v1/constants/coins` (contract section 9), each value configurable.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoinSettings {
+    pub coins_per_usd: u64,
+    pub min_purchase_coins: u64,
+    pub min_withdrawal_coins: u64,
+    #[serde(rename = "withdrawalLimitCoins30d")]
+    pub withdrawal_limit_coins_30d: u64,
+    pub call_coins_per_minute: u64,
+    pub volunteer_share_percent: u64,
+    pub low_balance_coins: u64,
+    pub packages: Vec<CoinPackage>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub port: u16,
@@ -33,6 +56,7 @@ pub struct Settings {
     pub ws_auth_timeout_secs: u64,
     /// Seconds a silent WebSocket may stay open.
     pub ws_idle_timeout_secs: u64,
+    pub coins: CoinSettings,
 }
 
 impl Settings {
@@ -99,7 +123,48 @@ impl Settings {
                 }
             }
         }
+        let number = |key: &str, default: u64| -> anyhow::Result<u64> {
+            match get(key) {
+                Some(v) => v
+                    .parse()
+                    .with_context(|| format!("{key} must be a whole number")),
+                None => Ok(default),
+            }
+        };
+        let coins_per_usd = number("TALKAMIE_COINS_PER_USD", 100)?;
+        let packages = match get("TALKAMIE_COIN_PACKAGES") {
+            Some(list) => list
+                .split(',')
+                .map(|c| c.trim().parse::<u64>())
+                .collect::<Result<Vec<_>, _>>()
+                .context("TALKAMIE_COIN_PACKAGES must be comma-separated coin amounts")?,
+            None => vec![500, 1000, 2500, 5000],
+        };
+        if coins_per_usd == 0 {
+            bail!("TALKAMIE_COINS_PER_USD must be above 0");
+        }
+        let share = number("TALKAMIE_VOLUNTEER_SHARE_PERCENT", 70)?;
+        if share > 100 {
+            bail!("TALKAMIE_VOLUNTEER_SHARE_PERCENT must be 0 to 100");
+        }
+        let coins = CoinSettings {
+            coins_per_usd,
+            min_purchase_coins: number("TALKAMIE_MIN_PURCHASE_COINS", 50)?,
+            min_withdrawal_coins: number("TALKAMIE_MIN_WITHDRAWAL_COINS", 100)?,
+            withdrawal_limit_coins_30d: number("TALKAMIE_WITHDRAWAL_LIMIT_COINS_30D", 50_000)?,
+            call_coins_per_minute: number("TALKAMIE_CALL_COINS_PER_MINUTE", 50)?,
+            volunteer_share_percent: share,
+            low_balance_coins: number("TALKAMIE_LOW_BALANCE_COINS", 250)?,
+            packages: packages
+                .into_iter()
+                .map(|coins| CoinPackage {
+                    coins,
+                    price_cents: coins * 100 / coins_per_usd,
+                })
+                .collect(),
+        };
         Ok(Settings {
+            coins,
             port,
             host: get("TALKAMIE_HOST").unwrap_or_else(|| "127.0.0.1".into()),
             data_dir: PathBuf::from(get("TALKAMIE_DATA_DIR").unwrap_or_else(|| "./data".into())),

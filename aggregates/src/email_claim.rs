@@ -10,12 +10,19 @@ use crate::domain_event;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EmailClaimCommand {
-    Claim { user_id: String },
+    Claim {
+        user_id: String,
+    },
+    /// The owner deleted their account: the email may be used again.
+    Release {
+        user_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EmailClaimEvent {
     EmailClaimed { user_id: String },
+    EmailReleased { user_id: String },
 }
 domain_event!(EmailClaimEvent, "1");
 
@@ -52,12 +59,20 @@ impl Aggregate for EmailClaim {
                     .await;
                 Ok(())
             }
+            EmailClaimCommand::Release { user_id } => {
+                if self.owner.as_deref() == Some(user_id.as_str()) {
+                    sink.write(EmailClaimEvent::EmailReleased { user_id }, self)
+                        .await;
+                }
+                Ok(())
+            }
         }
     }
 
     fn apply(&mut self, event: Self::Event) {
         match event {
             EmailClaimEvent::EmailClaimed { user_id } => self.owner = Some(user_id),
+            EmailClaimEvent::EmailReleased { .. } => self.owner = None,
         }
     }
 }
@@ -91,5 +106,32 @@ mod tests {
                 user_id: "u2".into(),
             })
             .then_expect_error(EmailClaimError::AlreadyClaimed);
+    }
+
+    #[test]
+    fn a_released_email_can_be_claimed_again_and_only_the_owner_releases() {
+        Given::with(())
+            .given(vec![
+                EmailClaimEvent::EmailClaimed {
+                    user_id: "u1".into(),
+                },
+                EmailClaimEvent::EmailReleased {
+                    user_id: "u1".into(),
+                },
+            ])
+            .when(EmailClaimCommand::Claim {
+                user_id: "u2".into(),
+            })
+            .then_expect_events(vec![EmailClaimEvent::EmailClaimed {
+                user_id: "u2".into(),
+            }]);
+        Given::with(())
+            .given(vec![EmailClaimEvent::EmailClaimed {
+                user_id: "u1".into(),
+            }])
+            .when(EmailClaimCommand::Release {
+                user_id: "u2".into(),
+            })
+            .then_expect_events(vec![]);
     }
 }

@@ -58,6 +58,7 @@ pub enum SessionEndReason {
     RefreshTokenReused,
     PasswordChanged,
     PasswordReset,
+    AccountDeleted,
 }
 
 impl SessionEndReason {
@@ -67,26 +68,99 @@ impl SessionEndReason {
             SessionEndReason::RefreshTokenReused => "refresh-token-reused",
             SessionEndReason::PasswordChanged => "password-changed",
             SessionEndReason::PasswordReset => "password-reset",
+            SessionEndReason::AccountDeleted => "account-deleted",
         }
     }
 }
 
-/// Profile fields a user may change; `None` leaves a field as it is.
+/// A personal value encrypted with the user's own key (crypto-shredding): the log keeps only
+/// ciphertext, and destroying the key on account deletion makes it unreadable everywhere.
+/// Sealing and opening happen outside the aggregate (they need the key and randomness).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sealed(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    Public,
+    Matches,
+    Volunteers,
+    Seniors,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Matches => "matches",
+            Visibility::Volunteers => "volunteers",
+            Visibility::Seniors => "seniors",
+        }
+    }
+}
+
+/// An interest: one of the catalog's, or the user's own with an emoji.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum InterestChoice {
+    Catalog { id: String },
+    Custom { name: String, emoji: String },
+}
+
+/// Profile fields a user may change; `None` leaves a field as it is. Personal free text is
+/// sealed; an empty plaintext clears a field.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProfileChanges {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bio: Option<Sealed>,
+    /// `YYYY-MM-DD`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dob: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license_id: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paypal_email: Option<Sealed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gender: Option<Gender>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bio: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone_offset: Option<i32>,
-    /// `Some("")` clears the IANA time zone.
+    /// IANA name; `Some("")` clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// A specialization area code; `Some("")` clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub specialization: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interests: Option<Vec<InterestChoice>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_state: Option<String>,
+    /// File keys (uploaded by this user); `Some("")` clears.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picture: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// Seconds; `Some(None)` is "unlimited".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_call_duration: Option<Option<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_call_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_enabled: Option<bool>,
 }
 
 impl ProfileChanges {
@@ -95,13 +169,74 @@ impl ProfileChanges {
     }
 }
 
+/// Who may read a meta (contract section 13).
+pub const META_ACCESS_ANYONE: u8 = 0;
+pub const META_ACCESS_ADMINS: u8 = 4;
+pub const MAX_METAS: usize = 20;
+pub const MAX_META_KEY_CHARS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub key: String,
+    pub access: u8,
+    pub value: Sealed,
+}
+
+/// One meta of a `ChangeMetas` command; `value: None` removes the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaChange {
+    pub key: String,
+    pub access: u8,
+    pub value: Option<Sealed>,
+}
+
+/// `metaAction` 0 / 1 / 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetaAction {
+    /// Add or update the given keys.
+    Merge,
+    /// Keep only the given keys.
+    Replace,
+    /// Remove every meta.
+    Clear,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerificationStep {
+    Basic,
+    Admin,
+    Background,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerificationStatus {
+    Pending,
+    InProgress,
+    Failed,
+    Complete,
+}
+
+impl VerificationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationStatus::Pending => "pending",
+            VerificationStatus::InProgress => "in-progress",
+            VerificationStatus::Failed => "failed",
+            VerificationStatus::Complete => "complete",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserCommand {
     Register {
-        email: String,
-        name: String,
+        email: Sealed,
+        name: Sealed,
         user_type: UserType,
-        password_hash: String,
+        password_hash: Sealed,
         at: DateTime<Utc>,
     },
     OpenSession {
@@ -123,17 +258,31 @@ pub enum UserCommand {
         at: DateTime<Utc>,
     },
     ChangePassword {
-        password_hash: String,
+        password_hash: Sealed,
         /// The session that asked for the change stays open; every other one ends.
         keep_session: Option<String>,
         at: DateTime<Utc>,
     },
     ResetPassword {
-        password_hash: String,
+        password_hash: Sealed,
         at: DateTime<Utc>,
     },
     UpdateProfile {
-        changes: ProfileChanges,
+        changes: Box<ProfileChanges>,
+        at: DateTime<Utc>,
+    },
+    ChangeMetas {
+        action: MetaAction,
+        changes: Vec<MetaChange>,
+        at: DateTime<Utc>,
+    },
+    /// Admin decisions and background-check results; `basic` is derived, never set.
+    SetVerification {
+        step: VerificationStep,
+        status: VerificationStatus,
+        at: DateTime<Utc>,
+    },
+    Delete {
         at: DateTime<Utc>,
     },
 }
@@ -141,10 +290,10 @@ pub enum UserCommand {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserEvent {
     UserRegistered {
-        email: String,
-        name: String,
+        email: Sealed,
+        name: Sealed,
         user_type: UserType,
-        password_hash: String,
+        password_hash: Sealed,
         at: DateTime<Utc>,
     },
     SessionOpened {
@@ -166,11 +315,24 @@ pub enum UserEvent {
         at: DateTime<Utc>,
     },
     PasswordChanged {
-        password_hash: String,
+        password_hash: Sealed,
         at: DateTime<Utc>,
     },
     ProfileUpdated {
-        changes: ProfileChanges,
+        changes: Box<ProfileChanges>,
+        at: DateTime<Utc>,
+    },
+    /// The whole set of metas after a change.
+    MetasReplaced {
+        metas: Vec<Meta>,
+        at: DateTime<Utc>,
+    },
+    VerificationChanged {
+        step: VerificationStep,
+        status: VerificationStatus,
+        at: DateTime<Utc>,
+    },
+    UserDeleted {
         at: DateTime<Utc>,
     },
 }
@@ -186,23 +348,44 @@ pub enum UserError {
     SessionNotFound,
     #[error("session already exists")]
     SessionExists,
+    #[error("at most {MAX_METAS} metas")]
+    TooManyMetas,
+    #[error("meta {0}: access level above your own")]
+    MetaAccessTooHigh(String),
+    #[error("meta keys are 1 to {MAX_META_KEY_CHARS} characters")]
+    BadMetaKey,
+    #[error("only volunteers are verified")]
+    NotAVolunteer,
+    #[error("the basic step is derived from the profile and cannot be set")]
+    BasicStepIsDerived,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct User {
     registered: bool,
+    deleted: bool,
+    user_type: UserType,
     email_verified: bool,
-    profile: ProfileChanges,
     /// Live sessions: session id -> the refresh token id that may be presented next.
     sessions: BTreeMap<String, String>,
+    metas: Vec<Meta>,
 }
 
 impl User {
-    fn ensure_registered(&self) -> Result<(), UserError> {
-        if self.registered {
+    fn ensure_active(&self) -> Result<(), UserError> {
+        if self.registered && !self.deleted {
             Ok(())
         } else {
             Err(UserError::NotFound)
+        }
+    }
+
+    /// The highest meta access level this user may set and read on their own profile.
+    fn own_meta_level(&self) -> u8 {
+        if self.user_type == UserType::Admin {
+            META_ACCESS_ADMINS
+        } else {
+            3
         }
     }
 
@@ -223,22 +406,41 @@ impl User {
             .collect()
     }
 
-    /// Only the fields that differ from the current profile, so a no-op update emits nothing.
-    fn effective_changes(&self, wanted: ProfileChanges) -> ProfileChanges {
-        fn differs<T: PartialEq>(new: Option<T>, old: &Option<T>) -> Option<T> {
-            match new {
-                Some(value) if old.as_ref() != Some(&value) => Some(value),
-                _ => None,
+    fn next_metas(
+        &self,
+        action: MetaAction,
+        changes: Vec<MetaChange>,
+    ) -> Result<Vec<Meta>, UserError> {
+        let own = self.own_meta_level();
+        for change in &changes {
+            let chars = change.key.chars().count();
+            if chars == 0 || chars > MAX_META_KEY_CHARS {
+                return Err(UserError::BadMetaKey);
+            }
+            if change.access > own {
+                return Err(UserError::MetaAccessTooHigh(change.key.clone()));
             }
         }
-        ProfileChanges {
-            name: differs(wanted.name, &self.profile.name),
-            gender: differs(wanted.gender, &self.profile.gender),
-            bio: differs(wanted.bio, &self.profile.bio),
-            language: differs(wanted.language, &self.profile.language),
-            timezone_offset: differs(wanted.timezone_offset, &self.profile.timezone_offset),
-            timezone: differs(wanted.timezone, &self.profile.timezone),
+        let mut metas: Vec<Meta> = match action {
+            MetaAction::Merge => self.metas.clone(),
+            MetaAction::Replace | MetaAction::Clear => vec![],
+        };
+        if action != MetaAction::Clear {
+            for change in changes {
+                metas.retain(|m| m.key != change.key);
+                if let Some(value) = change.value {
+                    metas.push(Meta {
+                        key: change.key,
+                        access: change.access,
+                        value,
+                    });
+                }
+            }
         }
+        if metas.len() > MAX_METAS {
+            return Err(UserError::TooManyMetas);
+        }
+        Ok(metas)
     }
 }
 
@@ -255,31 +457,35 @@ impl Aggregate for User {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        let events = match command {
-            UserCommand::Register {
+        if let UserCommand::Register {
+            email,
+            name,
+            user_type,
+            password_hash,
+            at,
+        } = command
+        {
+            if self.registered {
+                return Err(UserError::AlreadyRegistered);
+            }
+            let event = UserEvent::UserRegistered {
                 email,
                 name,
                 user_type,
                 password_hash,
                 at,
-            } => {
-                if self.registered {
-                    return Err(UserError::AlreadyRegistered);
-                }
-                vec![UserEvent::UserRegistered {
-                    email,
-                    name,
-                    user_type,
-                    password_hash,
-                    at,
-                }]
-            }
+            };
+            sink.write(event, self).await;
+            return Ok(());
+        }
+        self.ensure_active()?;
+        let events = match command {
+            UserCommand::Register { .. } => vec![],
             UserCommand::OpenSession {
                 session_id,
                 refresh_jti,
                 at,
             } => {
-                self.ensure_registered()?;
                 if self.sessions.contains_key(&session_id) {
                     return Err(UserError::SessionExists);
                 }
@@ -295,7 +501,6 @@ impl Aggregate for User {
                 new_jti,
                 at,
             } => {
-                self.ensure_registered()?;
                 let current = self
                     .sessions
                     .get(&session_id)
@@ -317,7 +522,6 @@ impl Aggregate for User {
                 }
             }
             UserCommand::CloseSession { session_id, at } => {
-                self.ensure_registered()?;
                 if !self.sessions.contains_key(&session_id) {
                     return Err(UserError::SessionNotFound);
                 }
@@ -328,7 +532,6 @@ impl Aggregate for User {
                 }]
             }
             UserCommand::VerifyEmail { at } => {
-                self.ensure_registered()?;
                 if self.email_verified {
                     vec![]
                 } else {
@@ -340,7 +543,6 @@ impl Aggregate for User {
                 keep_session,
                 at,
             } => {
-                self.ensure_registered()?;
                 let mut events = vec![UserEvent::PasswordChanged { password_hash, at }];
                 events.extend(self.end_sessions_except(
                     keep_session.as_deref(),
@@ -350,19 +552,43 @@ impl Aggregate for User {
                 events
             }
             UserCommand::ResetPassword { password_hash, at } => {
-                self.ensure_registered()?;
                 let mut events = vec![UserEvent::PasswordChanged { password_hash, at }];
                 events.extend(self.end_sessions_except(None, SessionEndReason::PasswordReset, at));
                 events
             }
             UserCommand::UpdateProfile { changes, at } => {
-                self.ensure_registered()?;
-                let changes = self.effective_changes(changes);
                 if changes.is_empty() {
                     vec![]
                 } else {
                     vec![UserEvent::ProfileUpdated { changes, at }]
                 }
+            }
+            UserCommand::ChangeMetas {
+                action,
+                changes,
+                at,
+            } => {
+                let metas = self.next_metas(action, changes)?;
+                if metas == self.metas {
+                    vec![]
+                } else {
+                    vec![UserEvent::MetasReplaced { metas, at }]
+                }
+            }
+            UserCommand::SetVerification { step, status, at } => {
+                if self.user_type != UserType::Volunteer {
+                    return Err(UserError::NotAVolunteer);
+                }
+                if step == VerificationStep::Basic {
+                    return Err(UserError::BasicStepIsDerived);
+                }
+                vec![UserEvent::VerificationChanged { step, status, at }]
+            }
+            UserCommand::Delete { at } => {
+                let mut events =
+                    self.end_sessions_except(None, SessionEndReason::AccountDeleted, at);
+                events.push(UserEvent::UserDeleted { at });
+                events
             }
         };
         for event in events {
@@ -373,9 +599,9 @@ impl Aggregate for User {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            UserEvent::UserRegistered { name, .. } => {
+            UserEvent::UserRegistered { user_type, .. } => {
                 self.registered = true;
-                self.profile.name = Some(name);
+                self.user_type = user_type;
             }
             UserEvent::SessionOpened {
                 session_id,
@@ -393,16 +619,14 @@ impl Aggregate for User {
                 self.sessions.remove(&session_id);
             }
             UserEvent::EmailVerified { .. } => self.email_verified = true,
-            UserEvent::PasswordChanged { .. } => {}
-            UserEvent::ProfileUpdated { changes, .. } => {
-                let p = &mut self.profile;
-                p.name = changes.name.or(p.name.take());
-                p.gender = changes.gender.or(p.gender.take());
-                p.bio = changes.bio.or(p.bio.take());
-                p.language = changes.language.or(p.language.take());
-                p.timezone_offset = changes.timezone_offset.or(p.timezone_offset.take());
-                p.timezone = changes.timezone.or(p.timezone.take());
+            UserEvent::MetasReplaced { metas, .. } => self.metas = metas,
+            UserEvent::UserDeleted { .. } => {
+                self.deleted = true;
+                self.metas.clear();
             }
+            UserEvent::PasswordChanged { .. }
+            | UserEvent::ProfileUpdated { .. }
+            | UserEvent::VerificationChanged { .. } => {}
         }
     }
 }
@@ -419,14 +643,22 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 25, 13, 30, 0).unwrap()
     }
 
-    fn registered() -> UserEvent {
+    fn sealed(s: &str) -> Sealed {
+        Sealed(s.to_string())
+    }
+
+    fn registered_as(user_type: UserType) -> UserEvent {
         UserEvent::UserRegistered {
-            email: "ann@example.com".into(),
-            name: "Ann".into(),
-            user_type: UserType::Senior,
-            password_hash: "h1".into(),
+            email: sealed("ann@example.com"),
+            name: sealed("Ann"),
+            user_type,
+            password_hash: sealed("h1"),
             at: at(),
         }
+    }
+
+    fn registered() -> UserEvent {
+        registered_as(UserType::Senior)
     }
 
     fn opened(session: &str, jti: &str) -> UserEvent {
@@ -442,10 +674,10 @@ mod tests {
         Given::with(())
             .given(vec![registered()])
             .when(UserCommand::Register {
-                email: "x@example.com".into(),
-                name: "X".into(),
+                email: sealed("x@example.com"),
+                name: sealed("X"),
                 user_type: UserType::Volunteer,
-                password_hash: "h".into(),
+                password_hash: sealed("h"),
                 at: at(),
             })
             .then_expect_error(UserError::AlreadyRegistered);
@@ -525,13 +757,13 @@ mod tests {
         Given::with(())
             .given(vec![registered(), opened("s1", "j1"), opened("s2", "j2")])
             .when(UserCommand::ChangePassword {
-                password_hash: "h2".into(),
+                password_hash: sealed("h2"),
                 keep_session: Some("s1".into()),
                 at: at(),
             })
             .then_expect_events(vec![
                 UserEvent::PasswordChanged {
-                    password_hash: "h2".into(),
+                    password_hash: sealed("h2"),
                     at: at(),
                 },
                 UserEvent::SessionEnded {
@@ -547,12 +779,12 @@ mod tests {
         Given::with(())
             .given(vec![registered(), opened("s1", "j1"), opened("s2", "j2")])
             .when(UserCommand::ResetPassword {
-                password_hash: "h2".into(),
+                password_hash: sealed("h2"),
                 at: at(),
             })
             .then_expect_events(vec![
                 UserEvent::PasswordChanged {
-                    password_hash: "h2".into(),
+                    password_hash: sealed("h2"),
                     at: at(),
                 },
                 UserEvent::SessionEnded {
@@ -569,38 +801,185 @@ mod tests {
     }
 
     #[test]
-    fn a_profile_update_records_only_what_changed() {
+    fn an_empty_profile_update_emits_nothing() {
         Given::with(())
             .given(vec![registered()])
             .when(UserCommand::UpdateProfile {
-                changes: ProfileChanges {
-                    name: Some("Ann".into()),
-                    bio: Some("Retired teacher".into()),
-                    ..Default::default()
-                },
+                changes: Box::default(),
                 at: at(),
             })
-            .then_expect_events(vec![UserEvent::ProfileUpdated {
-                changes: ProfileChanges {
-                    bio: Some("Retired teacher".into()),
-                    ..Default::default()
-                },
+            .then_expect_events(vec![]);
+    }
+
+    fn meta(key: &str, access: u8, value: Option<&str>) -> MetaChange {
+        MetaChange {
+            key: key.into(),
+            access,
+            value: value.map(sealed),
+        }
+    }
+
+    fn metas_after(
+        given: Vec<UserEvent>,
+        action: MetaAction,
+        changes: Vec<MetaChange>,
+    ) -> Result<Vec<UserEvent>, UserError> {
+        Given::with(())
+            .given(given)
+            .when(UserCommand::ChangeMetas {
+                action,
+                changes,
+                at: at(),
+            })
+            .inspect_result()
+    }
+
+    #[test]
+    fn metas_merge_replace_and_clear() {
+        let first = vec![Meta {
+            key: "a".into(),
+            access: 0,
+            value: sealed("1"),
+        }];
+        let given = vec![
+            registered(),
+            UserEvent::MetasReplaced {
+                metas: first.clone(),
+                at: at(),
+            },
+        ];
+        let merged = metas_after(
+            given.clone(),
+            MetaAction::Merge,
+            vec![meta("b", 1, Some("2"))],
+        )
+        .unwrap();
+        let UserEvent::MetasReplaced { metas, .. } = &merged[0] else {
+            panic!()
+        };
+        assert_eq!(
+            metas.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+        let replaced = metas_after(
+            given.clone(),
+            MetaAction::Replace,
+            vec![meta("b", 1, Some("2"))],
+        )
+        .unwrap();
+        let UserEvent::MetasReplaced { metas, .. } = &replaced[0] else {
+            panic!()
+        };
+        assert_eq!(
+            metas.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+            vec!["b"]
+        );
+        let removed =
+            metas_after(given.clone(), MetaAction::Merge, vec![meta("a", 0, None)]).unwrap();
+        assert_eq!(
+            removed,
+            vec![UserEvent::MetasReplaced {
+                metas: vec![],
+                at: at()
+            }]
+        );
+        let cleared = metas_after(given, MetaAction::Clear, vec![]).unwrap();
+        assert_eq!(
+            cleared,
+            vec![UserEvent::MetasReplaced {
+                metas: vec![],
+                at: at()
+            }]
+        );
+    }
+
+    #[test]
+    fn metas_are_limited() {
+        let too_many = (0..21)
+            .map(|i| meta(&format!("k{i}"), 0, Some("v")))
+            .collect();
+        assert_eq!(
+            metas_after(vec![registered()], MetaAction::Merge, too_many),
+            Err(UserError::TooManyMetas)
+        );
+        assert_eq!(
+            metas_after(
+                vec![registered()],
+                MetaAction::Merge,
+                vec![meta("secret", 4, Some("v"))]
+            ),
+            Err(UserError::MetaAccessTooHigh("secret".into()))
+        );
+        assert_eq!(
+            metas_after(
+                vec![registered()],
+                MetaAction::Merge,
+                vec![meta(&"k".repeat(65), 0, Some("v"))]
+            ),
+            Err(UserError::BadMetaKey)
+        );
+        // Admins may use level 4.
+        assert!(metas_after(
+            vec![registered_as(UserType::Admin)],
+            MetaAction::Merge,
+            vec![meta("s", 4, Some("v"))]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn only_volunteers_get_verification_steps_and_basic_is_derived() {
+        Given::with(())
+            .given(vec![registered()])
+            .when(UserCommand::SetVerification {
+                step: VerificationStep::Admin,
+                status: VerificationStatus::Complete,
+                at: at(),
+            })
+            .then_expect_error(UserError::NotAVolunteer);
+        Given::with(())
+            .given(vec![registered_as(UserType::Volunteer)])
+            .when(UserCommand::SetVerification {
+                step: VerificationStep::Basic,
+                status: VerificationStatus::Complete,
+                at: at(),
+            })
+            .then_expect_error(UserError::BasicStepIsDerived);
+        Given::with(())
+            .given(vec![registered_as(UserType::Volunteer)])
+            .when(UserCommand::SetVerification {
+                step: VerificationStep::Background,
+                status: VerificationStatus::Failed,
+                at: at(),
+            })
+            .then_expect_events(vec![UserEvent::VerificationChanged {
+                step: VerificationStep::Background,
+                status: VerificationStatus::Failed,
                 at: at(),
             }]);
     }
 
     #[test]
-    fn an_unchanged_profile_emits_nothing() {
+    fn deletion_ends_every_session_and_the_account() {
         Given::with(())
-            .given(vec![registered()])
-            .when(UserCommand::UpdateProfile {
-                changes: ProfileChanges {
-                    name: Some("Ann".into()),
-                    ..Default::default()
+            .given(vec![registered(), opened("s1", "j1")])
+            .when(UserCommand::Delete { at: at() })
+            .then_expect_events(vec![
+                UserEvent::SessionEnded {
+                    session_id: "s1".into(),
+                    reason: SessionEndReason::AccountDeleted,
+                    at: at(),
                 },
+                UserEvent::UserDeleted { at: at() },
+            ]);
+        Given::with(())
+            .given(vec![registered(), UserEvent::UserDeleted { at: at() }])
+            .when(UserCommand::OpenSession {
+                session_id: "s2".into(),
+                refresh_jti: "j".into(),
                 at: at(),
             })
-            .then_expect_events(vec![]);
+            .then_expect_error(UserError::NotFound);
     }
 
     #[test]

@@ -50,22 +50,51 @@ CREATE TABLE server_secrets
 -- Read model "users" (see docs/read-models.md).
 CREATE TABLE users
 (
-    id               text PRIMARY KEY,
-    email            text        NOT NULL,
-    email_normalized text        NOT NULL,
-    email_verified   boolean     NOT NULL DEFAULT false,
-    type             text        NOT NULL,
-    name             text        NOT NULL,
-    gender           text,
-    bio              text,
-    language         text,
-    timezone_offset  integer,
-    timezone         text,
-    insert_date      timestamptz NOT NULL,
-    last_login_date  timestamptz,
-    updated_at       timestamptz NOT NULL
+    id                      text PRIMARY KEY,
+    email                   text,
+    email_normalized        text,
+    email_verified          boolean NOT NULL DEFAULT false,
+    type                    text NOT NULL,
+    name                    text,
+    gender                  text,
+    bio                     text,
+    dob                     text,
+    city                    text,
+    state                   text,
+    country                 text,
+    license_id              text,
+    paypal_email            text,
+    language                text,
+    visibility              text NOT NULL DEFAULT 'public',
+    timezone_offset         integer,
+    timezone                text,
+    specialization          text,
+    interests               json,
+    certificate_state       text,
+    picture_key             text,
+    video_key               text,
+    certificate_key         text,
+    max_call_duration       integer,
+    max_call_count          integer,
+    push_enabled            boolean NOT NULL DEFAULT true,
+    metas                   json,
+    verification_admin      text NOT NULL DEFAULT 'pending',
+    verification_background text NOT NULL DEFAULT 'pending',
+    insert_date             timestamptz NOT NULL,
+    last_login_date         timestamptz,
+    updated_at              timestamptz NOT NULL,
+    deleted_at              timestamptz
 );
 CREATE INDEX users_email ON users (email_normalized);
+
+-- Per-user keys for personal fields (crypto-shredding). Not a read model: never rebuilt, never
+-- granted to analysts; deleting a user deletes their row.
+CREATE TABLE user_keys
+(
+    user_id    text PRIMARY KEY,
+    key        text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
 
 CREATE TABLE user_credentials
 (

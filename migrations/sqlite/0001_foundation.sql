@@ -45,22 +45,51 @@ CREATE TABLE server_secrets
 
 CREATE TABLE users
 (
-    id               TEXT PRIMARY KEY,
-    email            TEXT    NOT NULL,
-    email_normalized TEXT    NOT NULL,
-    email_verified   BOOLEAN NOT NULL DEFAULT 0,
-    type             TEXT    NOT NULL,
-    name             TEXT    NOT NULL,
-    gender           TEXT,
-    bio              TEXT,
-    language         TEXT,
-    timezone_offset  INTEGER,
-    timezone         TEXT,
-    insert_date      TEXT    NOT NULL,
-    last_login_date  TEXT,
-    updated_at       TEXT    NOT NULL
+    id                      TEXT PRIMARY KEY,
+    email                   TEXT,
+    email_normalized        TEXT,
+    email_verified          BOOLEAN NOT NULL DEFAULT 0,
+    type                    TEXT NOT NULL,
+    name                    TEXT,
+    gender                  TEXT,
+    bio                     TEXT,
+    dob                     TEXT,
+    city                    TEXT,
+    state                   TEXT,
+    country                 TEXT,
+    license_id              TEXT,
+    paypal_email            TEXT,
+    language                TEXT,
+    visibility              TEXT NOT NULL DEFAULT 'public',
+    timezone_offset         INTEGER,
+    timezone                TEXT,
+    specialization          TEXT,
+    interests               TEXT,
+    certificate_state       TEXT,
+    picture_key             TEXT,
+    video_key               TEXT,
+    certificate_key         TEXT,
+    max_call_duration       INTEGER,
+    max_call_count          INTEGER,
+    push_enabled            BOOLEAN NOT NULL DEFAULT 1,
+    metas                   TEXT,
+    verification_admin      TEXT NOT NULL DEFAULT 'pending',
+    verification_background TEXT NOT NULL DEFAULT 'pending',
+    insert_date             TEXT NOT NULL,
+    last_login_date         TEXT,
+    updated_at              TEXT NOT NULL,
+    deleted_at              TEXT
 );
 CREATE INDEX users_email ON users (email_normalized);
+
+-- Per-user keys for personal fields (crypto-shredding). Not a read model: never rebuilt, never
+-- granted to analysts; deleting a user deletes their row.
+CREATE TABLE user_keys
+(
+    user_id    TEXT PRIMARY KEY,
+    key        TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
 
 CREATE TABLE user_credentials
 (

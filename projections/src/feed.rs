@@ -31,7 +31,21 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projecti
     }
     let user_id = event.aggregate_id.as_str();
     match event.decode::<UserEvent>()? {
-        UserEvent::ProfileUpdated { .. } | UserEvent::EmailVerified { .. } => {}
+        UserEvent::ProfileUpdated { .. }
+        | UserEvent::EmailVerified { .. }
+        | UserEvent::MetasReplaced { .. }
+        | UserEvent::VerificationChanged { .. } => {}
+        // The deleted user's pushes held their profile: purge them.
+        UserEvent::UserDeleted { .. } => {
+            with_tx!(tx, conn => {
+                sqlx::query("DELETE FROM feed WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(conn)
+                    .await
+                    .map(|r| r.rows_affected())?
+            });
+            return Ok(0);
+        }
         // Tells the sockets of that session to close (sign-out, password change, token theft).
         UserEvent::SessionEnded {
             session_id, reason, ..

@@ -8,7 +8,9 @@
 pub mod db;
 pub mod feed;
 pub mod log;
+pub mod profiles;
 pub mod projector;
+pub mod sealing;
 pub mod users;
 
 pub use db::{Db, DbTx};

@@ -1,22 +1,167 @@
 //! Read model `users`: accounts and profiles (`users`), password hashes (`user_credentials`,
 //! kept apart so analysts never need to read them) and sessions (`sessions`).
-//! Also renders the contract's `extended_user` shape from a row.
+//!
+//! Personal fields arrive sealed (see `sealing`); they are opened here with the user's key and
+//! stored in clear in the read model, which is wiped for a deleted user. A rebuild after a
+//! deletion cannot open them any more, so the deleted user stays wiped.
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+use sqlx::types::Json;
 use sqlx::FromRow;
-use talkamie_aggregates::user::{User, UserEvent};
+use talkamie_aggregates::user::{InterestChoice, ProfileChanges, Sealed, User, UserEvent};
 
+use crate::sealing::{self, UserKey};
 use crate::{with_pool, with_tx, Db, DbTx, ProjectionError, StoredEvent};
 
 pub const TABLES: &[&str] = &["sessions", "user_credentials", "users"];
+
+/// A column value for dynamic updates.
+enum Val {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Bool(bool),
+    Json(Value),
+}
+
+async fn update_columns(
+    tx: &mut DbTx,
+    user_id: &str,
+    columns: Vec<(&'static str, Val)>,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let mut sql = String::from("UPDATE users SET ");
+    for (i, (column, _)) in columns.iter().enumerate() {
+        sql.push_str(&format!("{column} = ${}, ", i + 3));
+    }
+    sql.push_str("updated_at = $2 WHERE id = $1");
+    with_tx!(tx, conn => {
+        let mut query = sqlx::query(&sql).bind(user_id).bind(at);
+        for (_, value) in columns {
+            query = match value {
+                Val::Text(v) => query.bind(v),
+                Val::Int(v) => query.bind(v),
+                Val::Bool(v) => query.bind(v),
+                Val::Json(v) => query.bind(Json(v)),
+            };
+        }
+        query.execute(conn).await.map(|r| r.rows_affected())?
+    });
+    Ok(())
+}
+
+/// Opens a sealed field; an empty plaintext (or an unreadable value) clears the column.
+fn opened(key: Option<&UserKey>, sealed: &Sealed) -> Val {
+    Val::Text(sealing::open_with(key, sealed).filter(|v| !v.is_empty()))
+}
+
+fn text(value: &str) -> Val {
+    Val::Text(Some(value.to_string()).filter(|v| !v.is_empty()))
+}
+
+async fn resolve_interests(
+    tx: &mut DbTx,
+    choices: &[InterestChoice],
+) -> Result<Value, ProjectionError> {
+    let mut out = Vec::new();
+    for choice in choices {
+        match choice {
+            InterestChoice::Catalog { id } => {
+                let row: Option<(String, String)> = with_tx!(tx, conn => {
+                    sqlx::query_as("SELECT name, emoji FROM interests WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(conn)
+                        .await?
+                });
+                if let Some((name, emoji)) = row {
+                    out.push(json!({"id": id, "name": name, "emoji": emoji}));
+                }
+            }
+            InterestChoice::Custom { name, emoji } => {
+                out.push(json!({"id": Value::Null, "name": name, "emoji": emoji}))
+            }
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+async fn profile_columns(
+    tx: &mut DbTx,
+    key: Option<&UserKey>,
+    changes: &ProfileChanges,
+) -> Result<Vec<(&'static str, Val)>, ProjectionError> {
+    let mut columns = Vec::new();
+    let sealed = [
+        ("name", &changes.name),
+        ("bio", &changes.bio),
+        ("dob", &changes.dob),
+        ("city", &changes.city),
+        ("state", &changes.state),
+        ("country", &changes.country),
+        ("license_id", &changes.license_id),
+        ("paypal_email", &changes.paypal_email),
+    ];
+    for (column, value) in sealed {
+        if let Some(value) = value {
+            columns.push((column, opened(key, value)));
+        }
+    }
+    let plain = [
+        ("language", &changes.language),
+        ("timezone", &changes.timezone),
+        ("specialization", &changes.specialization),
+        ("certificate_state", &changes.certificate_state),
+        ("picture_key", &changes.picture),
+        ("video_key", &changes.video),
+        ("certificate_key", &changes.certificate),
+    ];
+    for (column, value) in plain {
+        if let Some(value) = value {
+            columns.push((column, text(value)));
+        }
+    }
+    if let Some(gender) = changes.gender {
+        columns.push(("gender", text(gender.as_str())));
+    }
+    if let Some(visibility) = changes.visibility {
+        columns.push(("visibility", text(visibility.as_str())));
+    }
+    if let Some(offset) = changes.timezone_offset {
+        columns.push(("timezone_offset", Val::Int(Some(offset.into()))));
+    }
+    if let Some(duration) = changes.max_call_duration {
+        columns.push(("max_call_duration", Val::Int(duration.map(i64::from))));
+    }
+    if let Some(count) = changes.max_call_count {
+        columns.push(("max_call_count", Val::Int(Some(count.into()))));
+    }
+    if let Some(enabled) = changes.push_enabled {
+        columns.push(("push_enabled", Val::Bool(enabled)));
+    }
+    if let Some(interests) = &changes.interests {
+        columns.push((
+            "interests",
+            Val::Json(resolve_interests(tx, interests).await?),
+        ));
+    }
+    Ok(columns)
+}
 
 pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
     if event.aggregate_type != <User as cqrs_es::Aggregate>::TYPE {
         return Ok(());
     }
     let user_id = event.aggregate_id.as_str();
-    match event.decode::<UserEvent>()? {
+    let user_event = event.decode::<UserEvent>()?;
+    let key = match &user_event {
+        UserEvent::UserRegistered { .. }
+        | UserEvent::PasswordChanged { .. }
+        | UserEvent::ProfileUpdated { .. }
+        | UserEvent::MetasReplaced { .. } => sealing::key_tx(tx, user_id).await?,
+        _ => None,
+    };
+    let key = key.as_ref();
+    match user_event {
         UserEvent::UserRegistered {
             email,
             name,
@@ -24,33 +169,42 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             password_hash,
             at,
         } => {
+            let email = sealing::open_with(key, &email);
+            let normalized = email.as_deref().map(normalize_email);
+            let name = sealing::open_with(key, &name);
             with_tx!(tx, conn => {
                 sqlx::query(
                     "INSERT INTO users (id, email, email_normalized, email_verified, type, name,
-                                        insert_date, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                                        visibility, push_enabled, verification_admin,
+                                        verification_background, insert_date, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'public', $7, 'pending', 'pending', $8, $8)",
                 )
                 .bind(user_id)
                 .bind(&email)
-                .bind(normalize_email(&email))
+                .bind(&normalized)
                 .bind(false)
                 .bind(user_type.as_str())
                 .bind(&name)
-                .bind(at)
-                .execute(&mut *conn)
-                .await
-                    .map(|r| r.rows_affected())?;
-                sqlx::query(
-                    "INSERT INTO user_credentials (user_id, password_hash, changed_at)
-                     VALUES ($1, $2, $3)",
-                )
-                .bind(user_id)
-                .bind(&password_hash)
+                .bind(true)
                 .bind(at)
                 .execute(conn)
                 .await
-                    .map(|r| r.rows_affected())?
+                .map(|r| r.rows_affected())?
             });
+            if let Some(hash) = sealing::open_with(key, &password_hash) {
+                with_tx!(tx, conn => {
+                    sqlx::query(
+                        "INSERT INTO user_credentials (user_id, password_hash, changed_at)
+                         VALUES ($1, $2, $3)",
+                    )
+                    .bind(user_id)
+                    .bind(&hash)
+                    .bind(at)
+                    .execute(conn)
+                    .await
+                    .map(|r| r.rows_affected())?
+                });
+            }
         }
         UserEvent::SessionOpened {
             session_id,
@@ -68,7 +222,7 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                 .bind(at)
                 .execute(&mut *conn)
                 .await
-                    .map(|r| r.rows_affected())?;
+                .map(|r| r.rows_affected())?;
                 sqlx::query("UPDATE users SET last_login_date = $2 WHERE id = $1")
                     .bind(user_id)
                     .bind(at)
@@ -107,54 +261,97 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                 .bind(at)
                 .execute(conn)
                 .await
-                    .map(|r| r.rows_affected())?
+                .map(|r| r.rows_affected())?
             });
         }
         UserEvent::EmailVerified { at } => {
-            with_tx!(tx, conn => {
-                sqlx::query("UPDATE users SET email_verified = $2, updated_at = $3 WHERE id = $1")
+            update_columns(tx, user_id, vec![("email_verified", Val::Bool(true))], at).await?;
+        }
+        UserEvent::PasswordChanged { password_hash, at } => {
+            if let Some(hash) = sealing::open_with(key, &password_hash) {
+                with_tx!(tx, conn => {
+                    sqlx::query(
+                        "UPDATE user_credentials SET password_hash = $2, changed_at = $3
+                          WHERE user_id = $1",
+                    )
                     .bind(user_id)
-                    .bind(true)
+                    .bind(&hash)
                     .bind(at)
                     .execute(conn)
                     .await
                     .map(|r| r.rows_affected())?
-            });
-        }
-        UserEvent::PasswordChanged { password_hash, at } => {
-            with_tx!(tx, conn => {
-                sqlx::query(
-                    "UPDATE user_credentials SET password_hash = $2, changed_at = $3
-                      WHERE user_id = $1",
-                )
-                .bind(user_id)
-                .bind(&password_hash)
-                .bind(at)
-                .execute(conn)
-                .await
-                    .map(|r| r.rows_affected())?
-            });
+                });
+            }
         }
         UserEvent::ProfileUpdated { changes, at } => {
-            // COALESCE keeps columns the update does not name.
+            let columns = profile_columns(tx, key, &changes).await?;
+            update_columns(tx, user_id, columns, at).await?;
+        }
+        UserEvent::MetasReplaced { metas, at } => {
+            let opened: Vec<Value> = metas
+                .iter()
+                .filter_map(|m| {
+                    let value = sealing::open_with(key, &m.value)?;
+                    let value: Value = serde_json::from_str(&value).ok()?;
+                    Some(json!({"key": m.key, "access": m.access, "value": value}))
+                })
+                .collect();
+            update_columns(
+                tx,
+                user_id,
+                vec![("metas", Val::Json(Value::Array(opened)))],
+                at,
+            )
+            .await?;
+        }
+        UserEvent::VerificationChanged { step, status, at } => {
+            let column = match step {
+                talkamie_aggregates::user::VerificationStep::Admin => "verification_admin",
+                talkamie_aggregates::user::VerificationStep::Background => {
+                    "verification_background"
+                }
+                talkamie_aggregates::user::VerificationStep::Basic => return Ok(()),
+            };
+            update_columns(tx, user_id, vec![(column, text(status.as_str()))], at).await?;
+        }
+        UserEvent::UserDeleted { at } => {
+            // Wipe everything personal; keep the opaque id (money history stays auditable).
+            let wiped = [
+                "email",
+                "email_normalized",
+                "name",
+                "bio",
+                "dob",
+                "city",
+                "state",
+                "country",
+                "license_id",
+                "paypal_email",
+                "timezone",
+                "specialization",
+                "certificate_state",
+                "picture_key",
+                "video_key",
+                "certificate_key",
+                "gender",
+                "language",
+            ];
+            let mut columns: Vec<(&'static str, Val)> =
+                wiped.into_iter().map(|c| (c, Val::Text(None))).collect();
+            columns.push(("interests", Val::Json(json!([]))));
+            columns.push(("metas", Val::Json(json!([]))));
+            update_columns(tx, user_id, columns, at).await?;
             with_tx!(tx, conn => {
-                sqlx::query(
-                    "UPDATE users SET name = COALESCE($2, name), gender = COALESCE($3, gender),
-                            bio = COALESCE($4, bio), language = COALESCE($5, language),
-                            timezone_offset = COALESCE($6, timezone_offset),
-                            timezone = COALESCE($7, timezone), updated_at = $8
-                      WHERE id = $1",
-                )
-                .bind(user_id)
-                .bind(&changes.name)
-                .bind(changes.gender.map(|g| g.as_str()))
-                .bind(&changes.bio)
-                .bind(&changes.language)
-                .bind(changes.timezone_offset)
-                .bind(&changes.timezone)
-                .bind(at)
-                .execute(conn)
-                .await
+                sqlx::query("UPDATE users SET deleted_at = $2 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected())?;
+                sqlx::query("DELETE FROM user_credentials WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(conn)
+                    .await
                     .map(|r| r.rows_affected())?
             });
         }
@@ -171,22 +368,45 @@ pub fn normalize_email(email: &str) -> String {
 #[derive(Debug, Clone, FromRow)]
 pub struct UserRecord {
     pub id: String,
-    pub email: String,
+    pub email: Option<String>,
     pub email_verified: bool,
     #[sqlx(rename = "type")]
     pub user_type: String,
-    pub name: String,
+    pub name: Option<String>,
     pub gender: Option<String>,
     pub bio: Option<String>,
+    pub dob: Option<String>,
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub country: Option<String>,
+    pub license_id: Option<String>,
+    pub paypal_email: Option<String>,
     pub language: Option<String>,
+    pub visibility: String,
     pub timezone_offset: Option<i32>,
     pub timezone: Option<String>,
+    pub specialization: Option<String>,
+    pub interests: Option<Json<Value>>,
+    pub certificate_state: Option<String>,
+    pub picture_key: Option<String>,
+    pub video_key: Option<String>,
+    pub certificate_key: Option<String>,
+    pub max_call_duration: Option<i64>,
+    pub max_call_count: Option<i64>,
+    pub push_enabled: bool,
+    pub metas: Option<Json<Value>>,
+    pub verification_admin: String,
+    pub verification_background: String,
     pub insert_date: DateTime<Utc>,
     pub last_login_date: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
-const USER_COLUMNS: &str = "id, email, email_verified, type, name, gender, bio, language,
-    timezone_offset, timezone, insert_date, last_login_date";
+pub const USER_COLUMNS: &str = "id, email, email_verified, type, name, gender, bio, dob, city,
+    state, country, license_id, paypal_email, language, visibility, timezone_offset, timezone,
+    specialization, interests, certificate_state, picture_key, video_key, certificate_key,
+    max_call_duration, max_call_count, push_enabled, metas, verification_admin,
+    verification_background, insert_date, last_login_date, deleted_at";
 
 pub async fn find_by_id(db: &Db, id: &str) -> Result<Option<UserRecord>, sqlx::Error> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
@@ -206,7 +426,7 @@ pub async fn credentials_by_email(
 ) -> Result<Option<(String, String)>, sqlx::Error> {
     let sql = "SELECT u.id, c.password_hash FROM users u
                  JOIN user_credentials c ON c.user_id = u.id
-                WHERE u.email_normalized = $1";
+                WHERE u.email_normalized = $1 AND u.deleted_at IS NULL";
     let email = normalize_email(email);
     with_pool!(db, pool => sqlx::query_as(sql).bind(&email).fetch_optional(pool).await)
 }
@@ -227,69 +447,4 @@ pub async fn session_is_active(
         sqlx::query_scalar(sql).bind(session_id).bind(user_id).fetch_one(pool).await?
     });
     Ok(count > 0)
-}
-
-fn iso(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-impl UserRecord {
-    /// The contract's `extended_user` (section 2), seen by the user themself. Parts that later
-    /// features fill in (reviews, availability, ledger, connections...) have their empty shape.
-    pub fn extended(&self, online: bool) -> Value {
-        let verification_basic = if self.email_verified {
-            "complete"
-        } else {
-            "pending"
-        };
-        json!({
-            "id": self.id,
-            "name": self.name,
-            "type": self.user_type,
-            "gender": self.gender.as_deref().unwrap_or("unspecified"),
-            "age": Value::Null,
-            "bio": self.bio,
-            "location": {"city": Value::Null, "state": Value::Null, "country": Value::Null},
-            "picture": Value::Null,
-            "rating": 0,
-            "totalReviews": 0,
-            "specialization": Value::Null,
-            "interests": [],
-            "language": self.language,
-            "online": online,
-            "viewer": {"id": self.id},
-            "dob": Value::Null,
-            "email": self.email,
-            "availability": {
-                "custom": {}, "weekly": {},
-                "bookedSlots": {"custom": {}, "weekly": {}}
-            },
-            "video": Value::Null,
-            "license": Value::Null,
-            "certificate": Value::Null,
-            "visibility": "public",
-            "totalConnections": 0,
-            "metas": {},
-            "insertDate": iso(self.insert_date),
-            "lastLoginDate": self.last_login_date.map(iso),
-            "ledger": {"coins": {"balance": 0}, "paypal": Value::Null},
-            "preferences": {
-                "call": {"maxCount": Value::Null, "maxDuration": "unlimited"},
-                "notifications": {"push": {"enabled": true}}
-            },
-            "dailyInfo": {"totalCalls": 0},
-            "timezoneOffset": self.timezone_offset.unwrap_or(0),
-            "timezone": self.timezone,
-            "totalPendingRequests": 0,
-            "totalUnreadAlerts": 0,
-            "totalUnreadChats": 0,
-            "verification": {
-                "verified": false,
-                "basic": {"status": verification_basic},
-                "admin": {"status": "pending"},
-                "background": {"status": "pending"}
-            },
-            "support": {"ticket": Value::Null}
-        })
-    }
 }

@@ -77,10 +77,10 @@ async fn record_timezone_offset(
         return Ok(());
     }
     let command = UserCommand::UpdateProfile {
-        changes: ProfileChanges {
+        changes: Box::new(ProfileChanges {
             timezone_offset: Some(offset),
             ..Default::default()
-        },
+        }),
         at: Utc::now(),
     };
     state

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use talkamie_aggregates::email_claim::{EmailClaim, EmailClaimCommand, EmailClaimError};
 use talkamie_aggregates::otp::{Otp, OtpCommand};
 use talkamie_aggregates::user::{User, UserCommand, UserError, UserEvent, UserType};
-use talkamie_projections::users;
+use talkamie_projections::{sealing, users};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -59,6 +59,14 @@ pub fn client_ip(req: &HttpRequest) -> String {
 
 pub(crate) fn user_rejected(error: UserError) -> ApiError {
     match error {
+        UserError::TooManyMetas => ApiError::unprocessable("too_many_metas", error.to_string()),
+        UserError::MetaAccessTooHigh(_) => {
+            ApiError::unprocessable("meta_access_too_high", error.to_string())
+        }
+        UserError::BadMetaKey => ApiError::invalid(serde_json::json!({"metas": error.to_string()})),
+        UserError::NotAVolunteer | UserError::BasicStepIsDerived => {
+            ApiError::unprocessable("not_applicable", error.to_string())
+        }
         UserError::NotFound => ApiError::not_found("user"),
         UserError::SessionNotFound => {
             ApiError::unauthenticated("this session has ended; sign in again")
@@ -67,6 +75,13 @@ pub(crate) fn user_rejected(error: UserError) -> ApiError {
             ApiError::conflict("already_exists", error.to_string())
         }
     }
+}
+
+/// The user's sealing key; a user without one is deleted (404).
+pub async fn user_key(state: &AppState, user_id: &str) -> Result<sealing::UserKey, ApiError> {
+    sealing::key(&state.store.db, user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))
 }
 
 /// The signed-in user's own view (`extended_user`).
@@ -203,11 +218,12 @@ pub async fn sign_up(
                 )
             })
         })?;
+    let key = sealing::create_key(&state.store.db, &user_id).await?;
     let register = UserCommand::Register {
-        email,
-        name,
+        email: key.seal(&email),
+        name: key.seal(&name),
         user_type,
-        password_hash,
+        password_hash: key.seal(&password_hash),
         at: Utc::now(),
     };
     state
@@ -388,7 +404,7 @@ pub async fn reset_password(
         ApiError::internal()
     })?;
     let command = UserCommand::ResetPassword {
-        password_hash,
+        password_hash: user_key(&state, &user_id).await?.seal(&password_hash),
         at: Utc::now(),
     };
     state

@@ -2,9 +2,11 @@
 //! rules every request shares (JSON limits, 404/405/413 in the envelope, OpenAPI).
 
 pub mod auth;
+pub mod catalogs;
 pub mod envelope;
 pub mod health;
 pub mod otp;
+pub mod profile;
 pub mod users;
 pub mod validate;
 
@@ -56,9 +58,16 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(auth::refresh)
         .service(auth::sign_out)
         .service(auth::reset_password)
+        .service(catalogs::interests)
+        .service(catalogs::specializations)
+        .service(catalogs::faqs)
+        .service(catalogs::faqs_by_type)
+        .service(catalogs::coins)
         .service(otp::request_code)
         .service(otp::verify_code)
+        .service(users::get_user)
         .service(users::put_user)
+        .service(users::delete_user)
         .service(users::change_password);
 }
 

@@ -1,33 +1,37 @@
-//! Section 4 (the part the foundation needs): update my profile, change my password.
-//! The full profile (pictures, interests, metas, ...) comes with the profiles issue.
+//! Section 4: a user's profile (`GET/PUT/DELETE /v1/user/{id}`) and password.
 
-use actix_web::{put, web, HttpResponse};
+use actix_web::{delete, get, put, web, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::Value;
-use talkamie_aggregates::user::{Gender, ProfileChanges, User, UserCommand};
+use talkamie_aggregates::email_claim::{EmailClaim, EmailClaimCommand};
+use talkamie_aggregates::user::{User, UserCommand};
+use talkamie_projections::profiles::Reader;
+use talkamie_projections::users::{self, UserRecord};
+use talkamie_projections::{sealing, with_pool, Db};
 use utoipa::ToSchema;
 
-use super::auth::{extended_user, user_rejected};
+use super::auth::{extended_user, user_key, user_rejected};
 use super::envelope::{ok, ApiError};
+use super::profile::{self, ProfileBody};
 use super::validate::Problems;
+use crate::auth::otp::keyed_hash;
 use crate::auth::{password, Authenticated};
 use crate::state::AppState;
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct ProfileBody {
-    pub name: Option<String>,
-    /// `male`, `female` or `unspecified`
-    pub gender: Option<String>,
-    pub bio: Option<String>,
-    pub language: Option<String>,
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PasswordBody {
     old_password: Option<String>,
     new_password: Option<String>,
+}
+
+/// The signed-in user's own row (404 once deleted).
+pub async fn me(state: &AppState, who: &Authenticated) -> Result<UserRecord, ApiError> {
+    users::find_by_id(&state.store.db, &who.user_id)
+        .await?
+        .filter(|u| !u.is_deleted())
+        .ok_or_else(|| ApiError::not_found("user"))
 }
 
 fn own_id(who: &Authenticated, id: &str) -> Result<(), ApiError> {
@@ -38,62 +42,101 @@ fn own_id(who: &Authenticated, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Validates the profile fields of `PUT /v1/user/{id}` and WebSocket `user.update`.
-pub fn profile_changes(body: &ProfileBody) -> Result<ProfileChanges, ApiError> {
-    let mut problems = Problems::default();
-    let mut changes = ProfileChanges::default();
-    if let Some(name) = &body.name {
-        problems.check_length("name", name, 1, 100);
-        changes.name = Some(name.trim().to_string());
+/// Whether `reader` may see `target` at all (section 2 visibility rules). Connections do not
+/// exist yet, so `matches` profiles are visible only to themselves and admins for now.
+pub fn may_see(reader: &UserRecord, target: &UserRecord) -> bool {
+    if reader.id == target.id || reader.user_type == "admin" {
+        return true;
     }
-    if let Some(gender) = &body.gender {
-        changes.gender = match gender.as_str() {
-            "male" => Some(Gender::Male),
-            "female" => Some(Gender::Female),
-            "unspecified" => Some(Gender::Unspecified),
-            _ => {
-                problems.add("gender", "must be male, female or unspecified");
-                None
-            }
-        };
+    if target.is_deleted() {
+        return false;
     }
-    if let Some(bio) = &body.bio {
-        problems.check_length("bio", bio, 0, 1000);
-        changes.bio = Some(bio.trim().to_string());
+    if reader.user_type == "senior" && target.is_volunteer() && !target.verified() {
+        return false;
     }
-    if let Some(language) = &body.language {
-        problems.check_length("language", language, 1, 35);
-        changes.language = Some(language.trim().to_string());
+    match target.visibility.as_str() {
+        "public" => true,
+        "volunteers" => reader.user_type == "volunteer",
+        "seniors" => reader.user_type == "senior",
+        _ => false,
     }
-    problems.finish()?;
-    Ok(changes)
 }
 
-/// Applies profile changes and answers the user's `extended_user`.
+/// A user as `reader` sees them: `extended_user` for yourself, else `full_user`.
+pub async fn user_as_seen_by(
+    state: &AppState,
+    reader: &UserRecord,
+    id: &str,
+) -> Result<Value, ApiError> {
+    let target = users::find_by_id(&state.store.db, id)
+        .await?
+        .filter(|target| may_see(reader, target))
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let online = state.hub.is_online(id);
+    if target.id == reader.id {
+        return Ok(target.extended(online));
+    }
+    let reader = Reader::user(&reader.id, reader.user_type == "admin");
+    Ok(target.full(&reader, online))
+}
+
+/// Validates the profile fields and metas, applies them, answers `extended_user`.
 pub async fn update_profile(
     state: &AppState,
     who: &Authenticated,
     body: &ProfileBody,
 ) -> Result<Value, ApiError> {
-    let changes = profile_changes(body)?;
-    let command = UserCommand::UpdateProfile {
-        changes,
-        at: Utc::now(),
-    };
-    state
-        .store
-        .execute::<User>(&who.user_id, command, who.metadata())
-        .await
-        .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    let key = user_key(state, &who.user_id).await?;
+    let request = profile::parse(&state.store.db, &key, body).await?;
+    let at = Utc::now();
+    if !request.changes.is_empty() {
+        let command = UserCommand::UpdateProfile {
+            changes: Box::new(request.changes),
+            at,
+        };
+        state
+            .store
+            .execute::<User>(&who.user_id, command, who.metadata())
+            .await
+            .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    }
+    if let Some((action, changes)) = request.metas {
+        let command = UserCommand::ChangeMetas {
+            action,
+            changes,
+            at,
+        };
+        state
+            .store
+            .execute::<User>(&who.user_id, command, who.metadata())
+            .await
+            .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    }
     extended_user(state, &who.user_id).await
 }
 
-/// Updates my profile (own id only).
+/// A user: yourself as `extended_user`, anyone else you may see as `full_user` (404 otherwise).
+#[utoipa::path(tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "user id")),
+    responses((status = 200, description = "full_user, or extended_user for yourself"),
+              (status = 404, description = "no such user, or not visible to you")))]
+#[get("/v1/user/{id}")]
+pub async fn get_user(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let reader = me(&state, &who).await?;
+    Ok(ok(user_as_seen_by(&state, &reader, &id).await?))
+}
+
+/// Updates my profile and metas (own id only). Every field is optional.
 #[utoipa::path(tag = "users", security(("bearer" = [])), request_body = ProfileBody,
     params(("id" = String, Path, description = "my user id")),
     responses((status = 200, description = "extended_user"),
-              (status = 400, description = "invalid input"),
-              (status = 403, description = "not your id")))]
+              (status = 400, description = "invalid input, with details per field"),
+              (status = 403, description = "not your id"),
+              (status = 422, description = "unknown_file, too_many_metas, meta_access_too_high")))]
 #[put("/v1/user/{id}")]
 pub async fn put_user(
     state: web::Data<AppState>,
@@ -133,7 +176,7 @@ pub async fn change_password(
         }
     }
     problems.finish()?;
-    let stored = talkamie_projections::users::password_hash(&state.store.db, &who.user_id)
+    let stored = users::password_hash(&state.store.db, &who.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
     if !password::verify(old, stored).await {
@@ -147,7 +190,7 @@ pub async fn change_password(
         ApiError::internal()
     })?;
     let command = UserCommand::ChangePassword {
-        password_hash,
+        password_hash: user_key(&state, &who.user_id).await?.seal(&password_hash),
         keep_session: Some(who.session_id.clone()),
         at: Utc::now(),
     };
@@ -157,4 +200,65 @@ pub async fn change_password(
         .await
         .map_err(|e| ApiError::from_command(e, user_rejected))?;
     Ok(ok(Value::Null))
+}
+
+/// Deletes an account (your own, or any as an admin). Sessions end, the email is freed, and
+/// the user's key is destroyed: their personal data becomes unreadable everywhere.
+#[utoipa::path(tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "user id")),
+    responses((status = 200, description = "null"),
+              (status = 403, description = "not your id and not an admin"),
+              (status = 404, description = "no such user")))]
+#[delete("/v1/user/{id}")]
+pub async fn delete_user(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = me(&state, &who).await?;
+    if caller.id != *id && caller.user_type != "admin" {
+        return Err(ApiError::forbidden());
+    }
+    let target = users::find_by_id(&state.store.db, &id)
+        .await?
+        .filter(|u| !u.is_deleted())
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let email = target.email.clone().unwrap_or_default();
+    state
+        .store
+        .execute::<User>(&id, UserCommand::Delete { at: Utc::now() }, who.metadata())
+        .await
+        .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    // The read models are wiped now (read-your-writes); destroy the key, free the email.
+    sealing::destroy_key(&state.store.db, &id).await?;
+    if !email.is_empty() {
+        let normalized = users::normalize_email(&email);
+        let claim_id = keyed_hash(&state.hash_key, "email", &[&normalized]);
+        let release = EmailClaimCommand::Release {
+            user_id: id.to_string(),
+        };
+        state
+            .store
+            .execute::<EmailClaim>(&claim_id, release, who.metadata())
+            .await
+            .map_err(|e| ApiError::from_command(e, |_| ApiError::internal()))?;
+        if let Err(error) = state.mailer.forget(&email).await {
+            tracing::warn!(%error, "could not remove stored mails of a deleted user");
+        }
+    }
+    compact(&state.store.db).await;
+    Ok(ok(Value::Null))
+}
+
+/// SQLite keeps old page images in its WAL file until a checkpoint: fold it back into the
+/// database (where `secure_delete` has zeroed the freed cells) so nothing deleted lingers.
+async fn compact(db: &Db) {
+    if let Db::Sqlite(_) = db {
+        let result = with_pool!(db, pool => {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await.map(|_| ())
+        });
+        if let Err(error) = result {
+            tracing::warn!(%error, "WAL checkpoint after a deletion failed");
+        }
+    }
 }

@@ -13,6 +13,11 @@ use crate::config::{MailerKind, Settings};
 #[async_trait::async_trait]
 pub trait Mailer: Send + Sync {
     async fn send(&self, to: &str, subject: &str, body: &str) -> anyhow::Result<()>;
+
+    /// Removes stored copies of mails to `to` (a deleted account). Sent mail cannot be recalled.
+    async fn forget(&self, _to: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 pub fn from_settings(settings: &Settings) -> anyhow::Result<Box<dyn Mailer>> {
@@ -58,6 +63,22 @@ impl Mailer for FileMailer {
         tokio::task::spawn_blocking(move || transport.send(&message).map(|_| ()))
             .await?
             .context("writing the .eml file")
+    }
+
+    async fn forget(&self, to: &str) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let needle = to.trim().to_lowercase();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.to_lowercase().contains(&needle) {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+            Ok(())
+        })
+        .await?
     }
 }
 

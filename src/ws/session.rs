@@ -22,7 +22,8 @@ use crate::auth::extractor::{authenticate, bearer};
 use crate::auth::Authenticated;
 use crate::http::auth::extended_user;
 use crate::http::envelope::ApiError;
-use crate::http::users::{update_profile, ProfileBody};
+use crate::http::profile::ProfileBody;
+use crate::http::users::update_profile;
 use crate::state::AppState;
 
 /// Frames (and reassembled fragmented messages) above this are refused.
@@ -260,6 +261,16 @@ impl Socket {
         let who = feed.who.clone();
         match action {
             "user.me" => Ok(Some(extended_user(&self.state, &who.user_id).await?)),
+            "user.get" => {
+                let user_id = frame
+                    .get("userId")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| ApiError::invalid(json!({ "userId": "is required" })))?;
+                let reader = crate::http::users::me(&self.state, &who).await?;
+                Ok(Some(
+                    crate::http::users::user_as_seen_by(&self.state, &reader, user_id).await?,
+                ))
+            }
             "user.update" => {
                 let body: ProfileBody = serde_json::from_value(frame)
                     .map_err(|e| ApiError::invalid(json!({ "frame": e.to_string() })))?;

@@ -119,7 +119,7 @@ impl Server {
             .arg("serve")
             .env_remove("DATABASE_URL")
             .env("PORT", "0")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in db.env() {
