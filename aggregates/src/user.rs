@@ -154,9 +154,8 @@ pub struct ProfileChanges {
     pub video: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
-    /// Seconds; `Some(None)` is "unlimited".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_call_duration: Option<Option<u32>>,
+    pub max_call_duration: Option<CallDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_call_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +166,14 @@ impl ProfileChanges {
     pub fn is_empty(&self) -> bool {
         *self == ProfileChanges::default()
     }
+}
+
+/// The longest call a volunteer accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallDuration {
+    Unlimited,
+    Seconds(u32),
 }
 
 /// Who may read a meta (contract section 13).

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::types::Json;
 use sqlx::FromRow;
-use talkamie_aggregates::user::{InterestChoice, ProfileChanges, Sealed, User, UserEvent};
+use talkamie_aggregates::user::{
+    CallDuration, InterestChoice, ProfileChanges, Sealed, User, UserEvent,
+};
 
 use crate::sealing::{self, UserKey};
 use crate::{with_pool, with_tx, Db, DbTx, ProjectionError, StoredEvent};
@@ -130,7 +132,11 @@ async fn profile_columns(
         columns.push(("timezone_offset", Val::Int(Some(offset.into()))));
     }
     if let Some(duration) = changes.max_call_duration {
-        columns.push(("max_call_duration", Val::Int(duration.map(i64::from))));
+        let seconds = match duration {
+            CallDuration::Unlimited => None,
+            CallDuration::Seconds(s) => Some(i64::from(s)),
+        };
+        columns.push(("max_call_duration", Val::Int(seconds)));
     }
     if let Some(count) = changes.max_call_count {
         columns.push(("max_call_count", Val::Int(Some(count.into()))));

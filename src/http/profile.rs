@@ -8,8 +8,8 @@ use chrono::{NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use talkamie_aggregates::user::{
-    Gender, InterestChoice, MetaAction, MetaChange, ProfileChanges, Visibility, MAX_METAS,
-    MAX_META_KEY_CHARS,
+    CallDuration, Gender, InterestChoice, MetaAction, MetaChange, ProfileChanges, Visibility,
+    MAX_METAS, MAX_META_KEY_CHARS,
 };
 use talkamie_projections::sealing::UserKey;
 use talkamie_projections::{with_pool, Db};
@@ -232,9 +232,9 @@ pub async fn parse(db: &Db, key: &UserKey, body: &ProfileBody) -> Result<Profile
     }
     if let Some(duration) = &body.max_call_duration {
         c.max_call_duration = match duration {
-            Value::String(s) if s == "unlimited" => Some(None),
+            Value::String(s) if s == "unlimited" => Some(CallDuration::Unlimited),
             Value::Number(n) => match n.as_u64().filter(|s| (60..=14_400).contains(s)) {
-                Some(seconds) => Some(Some(seconds as u32)),
+                Some(seconds) => Some(CallDuration::Seconds(seconds as u32)),
                 None => {
                     p.add(
                         "maxCallDuration",

@@ -6,5 +6,6 @@ mod helpers;
 mod auth;
 mod errors;
 mod instances;
+mod profiles;
 mod store;
 mod ws;
