@@ -72,6 +72,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         tokens: TokenKeys::new(jwt_secret.as_bytes()),
         hash_key: hash_key.into_bytes(),
         mailer,
+        background_checks: Box::new(crate::providers::background::SandboxChecks),
         limits: RateLimits::default(),
         hub: hub.clone(),
     });

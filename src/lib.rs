@@ -3,6 +3,7 @@
 //! the projector builds read models and the push feed (crate `talkamie-projections`), and this
 //! crate serves them over REST and one WebSocket.
 
+pub mod accounts;
 pub mod app;
 pub mod auth;
 pub mod config;

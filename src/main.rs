@@ -23,10 +23,28 @@ enum Command {
     Serve,
     /// Apply the database migrations (start-up also does).
     Migrate,
+    /// Administrator accounts.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Read-model maintenance.
     Projections {
         #[command(subcommand)]
         command: ProjectionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin account (email verified).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long, default_value = "Administrator")]
+        name: String,
     },
 }
 
@@ -58,6 +76,27 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let db = store::connect(&settings).await?;
             store::migrate(&db).await?;
             println!("migrations applied");
+            Ok(())
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    email,
+                    password,
+                    name,
+                },
+        } => {
+            let store = Store::open(&settings).await?;
+            // Commands wait for the read models, so this process runs the projector too.
+            let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(store.projector.clone().run(stop_rx));
+            let user_id = talkamie::accounts::create_admin(&store, &email, password, &name)
+                .await
+                .map_err(|e| match &e.details {
+                    Some(details) => anyhow::anyhow!("{}: {details}", e.message),
+                    None => anyhow::anyhow!("{}", e.message),
+                })?;
+            println!("admin created: {user_id}");
             Ok(())
         }
         Command::Projections { command } => {

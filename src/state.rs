@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::auth::TokenKeys;
 use crate::config::Settings;
+use crate::providers::background::BackgroundChecks;
 use crate::providers::mail::Mailer;
 use crate::ratelimit::RateLimits;
 use crate::store::Store;
@@ -16,6 +17,7 @@ pub struct AppState {
     /// Key of the keyed hashes (email claims, OTP ids and codes).
     pub hash_key: Vec<u8>,
     pub mailer: Box<dyn Mailer>,
+    pub background_checks: Box<dyn BackgroundChecks>,
     pub limits: RateLimits,
     pub hub: Arc<Hub>,
 }

@@ -6,6 +6,7 @@
 //! applies a batch plus the new checkpoint in one transaction.
 
 pub mod db;
+pub mod directory;
 pub mod feed;
 pub mod log;
 pub mod profiles;

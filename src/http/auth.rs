@@ -5,7 +5,6 @@ use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use talkamie_aggregates::email_claim::{EmailClaim, EmailClaimCommand, EmailClaimError};
 use talkamie_aggregates::otp::{Otp, OtpCommand};
 use talkamie_aggregates::user::{User, UserCommand, UserError, UserEvent, UserType};
 use talkamie_projections::{sealing, users};
@@ -15,6 +14,7 @@ use uuid::Uuid;
 use super::envelope::{created, ok, ApiError};
 use super::otp::{otp_error, OTP_INVALID};
 use super::validate::Problems;
+use crate::accounts;
 use crate::auth::otp::{self as codes, OtpPurpose};
 use crate::auth::tokens::TokenKind;
 use crate::auth::{password, Authenticated};
@@ -192,45 +192,19 @@ pub async fn sign_up(
     problems.finish()?;
     let user_type = user_type.ok_or_else(ApiError::internal)?;
 
-    let password_hash = password::hash(password).await.map_err(|error| {
-        tracing::error!(%error, "password hashing failed");
-        ApiError::internal()
-    })?;
-    let user_id = Uuid::new_v4().to_string();
     let metadata = request_metadata(&req);
-    let normalized = users::normalize_email(&email);
-    let claim_id = codes::keyed_hash(&state.hash_key, "email", &[&normalized]);
-    state
-        .store
-        .execute::<EmailClaim>(
-            &claim_id,
-            EmailClaimCommand::Claim {
-                user_id: user_id.clone(),
-            },
-            metadata.clone(),
-        )
-        .await
-        .map_err(|e| {
-            ApiError::from_command(e, |EmailClaimError::AlreadyClaimed| {
-                ApiError::conflict(
-                    "already_exists",
-                    "an account with this email already exists",
-                )
-            })
-        })?;
-    let key = sealing::create_key(&state.store.db, &user_id).await?;
-    let register = UserCommand::Register {
-        email: key.seal(&email),
-        name: key.seal(&name),
-        user_type,
-        password_hash: key.seal(&password_hash),
-        at: Utc::now(),
-    };
-    state
-        .store
-        .execute::<User>(&user_id, register, metadata.clone())
-        .await
-        .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    let user_id = accounts::create_account(
+        &state.store,
+        &state.hash_key,
+        accounts::NewAccount {
+            email: &email,
+            password,
+            name: &name,
+            user_type,
+        },
+        metadata.clone(),
+    )
+    .await?;
     Ok(created(open_session(&state, &user_id, metadata).await?))
 }
 

@@ -14,6 +14,17 @@ pub fn ok<T: Serialize>(data: T) -> HttpResponse {
     respond(StatusCode::OK, data)
 }
 
+/// A list page: the envelope plus `pagination`.
+pub fn ok_page<T: Serialize>(data: T, pagination: Value) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "success": true,
+        "statusCode": 200,
+        "message": "OK",
+        "data": data,
+        "pagination": pagination,
+    }))
+}
+
 pub fn created<T: Serialize>(data: T) -> HttpResponse {
     respond(StatusCode::CREATED, data)
 }

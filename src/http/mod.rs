@@ -1,11 +1,14 @@
 //! The REST API: one module per resource group of the contract, the envelope, and the routing
 //! rules every request shares (JSON limits, 404/405/413 in the envelope, OpenAPI).
 
+pub mod admin;
 pub mod auth;
 pub mod catalogs;
+pub mod discovery;
 pub mod envelope;
 pub mod health;
 pub mod otp;
+pub mod pagination;
 pub mod profile;
 pub mod users;
 pub mod validate;
@@ -65,6 +68,10 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(catalogs::coins)
         .service(otp::request_code)
         .service(otp::verify_code)
+        .service(admin::users_list)
+        .service(admin::set_user_verification)
+        .service(admin::submit_background_check)
+        .service(discovery::list_users)
         .service(users::get_user)
         .service(users::put_user)
         .service(users::delete_user)

@@ -15,7 +15,6 @@ use super::auth::{extended_user, user_key, user_rejected};
 use super::envelope::{ok, ApiError};
 use super::profile::{self, ProfileBody};
 use super::validate::Problems;
-use crate::auth::otp::keyed_hash;
 use crate::auth::{password, Authenticated};
 use crate::state::AppState;
 
@@ -232,8 +231,7 @@ pub async fn delete_user(
     // The read models are wiped now (read-your-writes); destroy the key, free the email.
     sealing::destroy_key(&state.store.db, &id).await?;
     if !email.is_empty() {
-        let normalized = users::normalize_email(&email);
-        let claim_id = keyed_hash(&state.hash_key, "email", &[&normalized]);
+        let claim_id = crate::accounts::email_claim_id(&state.hash_key, &email);
         let release = EmailClaimCommand::Release {
             user_id: id.to_string(),
         };

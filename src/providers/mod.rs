@@ -1,4 +1,5 @@
 //! Outside providers behind traits, each with a built-in implementation for local use.
 //! So far: mail (`.eml` files, or SMTP).
 
+pub mod background;
 pub mod mail;

@@ -374,3 +374,44 @@ impl Ws {
         }
     }
 }
+
+impl TestDb {
+    /// Runs `talkamie <args>` against this store; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_talkamie"));
+        command
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "error");
+        for (k, v) in self.env() {
+            command.env(k, v);
+        }
+        let output = command.output().expect("run talkamie");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+impl Server {
+    /// Creates an admin with the CLI and signs in: `(id, access token)`.
+    pub async fn admin(&self, db: &TestDb) -> (String, String) {
+        let email = unique_email("admin");
+        let (ok, stdout, stderr) = db.cli(&[
+            "admin",
+            "create",
+            "--email",
+            &email,
+            "--password",
+            "admin-password",
+        ]);
+        assert!(ok, "admin create failed: {stderr}");
+        assert!(stdout.contains("admin created"), "{stdout}");
+        let (status, body) = self.sign_in(&email, "admin-password").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (id, access, _) = account(&body);
+        (id, access)
+    }
+}

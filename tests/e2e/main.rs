@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod discovery;
 mod errors;
 mod instances;
 mod profiles;

@@ -1,0 +1,226 @@
+//! Section 4: `GET /v1/users`, finding people. Filters, keyword search and the visibility
+//! rules are SQL over the `users` read model; pages use the shared keyset pagination.
+
+use actix_web::{get, web, HttpResponse};
+use chrono::{DateTime, Months, NaiveDate, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use talkamie_projections::directory::{self, like, Arg, Where, VOLUNTEER_VERIFIED_SQL};
+use talkamie_projections::profiles::Reader;
+use talkamie_projections::users::UserRecord;
+use utoipa::IntoParams;
+
+use super::envelope::{ok_page, ApiError};
+use super::pagination::{PageQuery, Pager};
+use super::users::me;
+use super::validate::Problems;
+use crate::auth::Authenticated;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct UsersQuery {
+    /// `senior` or `volunteer`
+    #[serde(rename = "type")]
+    user_type: Option<String>,
+    /// Words in the name, bio or interests
+    keyword: Option<String>,
+    /// `male`, `female` or `unspecified`
+    gender: Option<String>,
+    min_age: Option<String>,
+    max_age: Option<String>,
+    /// Part of the city, state or country
+    location: Option<String>,
+    /// Comma-separated interest ids; any of them matches
+    interests: Option<String>,
+    /// A specialization code
+    specialization: Option<String>,
+    /// `YYYY-MM-DD` (checked; applied once availability exists)
+    available_on: Option<String>,
+}
+
+fn parse_age(problems: &mut Problems, field: &str, raw: &Option<String>) -> Option<u32> {
+    let raw = raw.as_deref()?.trim();
+    match raw.parse::<u32>() {
+        Ok(age) if age <= 130 => Some(age),
+        _ => {
+            problems.add(field, "must be a whole number of years, 0 to 130");
+            None
+        }
+    }
+}
+
+/// The newest date of birth of someone at least `years` old today.
+fn born_by(years: u32) -> String {
+    let today = Utc::now().date_naive();
+    today
+        .checked_sub_months(Months::new(years * 12))
+        .unwrap_or(NaiveDate::MIN)
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// The filters as SQL, checking each one.
+fn filters(reader: &UserRecord, q: &UsersQuery) -> Result<Where, ApiError> {
+    let mut p = Problems::default();
+    let mut w = Where::default();
+    let text = |v: &str| Arg::Text(v.to_string());
+    w.push("deleted_at IS NULL", vec![]);
+    w.push("id <> ?", vec![text(&reader.id)]);
+    if reader.user_type != "admin" {
+        w.push("type <> 'admin'", vec![]);
+        // `matches` needs connections, which do not exist yet: such profiles stay hidden.
+        w.push(
+            "visibility = 'public' OR (visibility = 'volunteers' AND ? = 'volunteer')
+             OR (visibility = 'seniors' AND ? = 'senior')",
+            vec![text(&reader.user_type), text(&reader.user_type)],
+        );
+    }
+    if reader.user_type == "senior" {
+        w.push(
+            &format!("type <> 'volunteer' OR {VOLUNTEER_VERIFIED_SQL}"),
+            vec![],
+        );
+    }
+    match q.user_type.as_deref() {
+        None | Some("") => {}
+        Some(t @ ("senior" | "volunteer")) => w.push("type = ?", vec![text(t)]),
+        Some(_) => p.add("type", "must be senior or volunteer"),
+    }
+    match q.gender.as_deref() {
+        None | Some("") => {}
+        Some(g @ ("male" | "female" | "unspecified")) => {
+            w.push("COALESCE(gender, 'unspecified') = ?", vec![text(g)])
+        }
+        Some(_) => p.add("gender", "must be male, female or unspecified"),
+    }
+    let min_age = parse_age(&mut p, "minAge", &q.min_age);
+    let max_age = parse_age(&mut p, "maxAge", &q.max_age);
+    if let (Some(min), Some(max)) = (min_age, max_age) {
+        if min > max {
+            p.add("maxAge", "must not be below minAge");
+        }
+    }
+    if let Some(min) = min_age {
+        w.push(
+            "dob IS NOT NULL AND dob <= ?",
+            vec![Arg::Text(born_by(min))],
+        );
+    }
+    if let Some(max) = max_age {
+        w.push(
+            "dob IS NOT NULL AND dob > ?",
+            vec![Arg::Text(born_by(max + 1))],
+        );
+    }
+    if let Some(location) = q.location.as_deref().filter(|l| !l.trim().is_empty()) {
+        let pattern = like(location);
+        w.push(
+            "LOWER(COALESCE(city, '')) LIKE ? ESCAPE '\\' OR LOWER(COALESCE(state, '')) LIKE ? ESCAPE '\\'
+             OR LOWER(COALESCE(country, '')) LIKE ? ESCAPE '\\'",
+            vec![text(&pattern), text(&pattern), text(&pattern)],
+        );
+    }
+    if let Some(keyword) = q.keyword.as_deref().filter(|k| !k.trim().is_empty()) {
+        let pattern = like(keyword);
+        w.push(
+            "LOWER(COALESCE(name, '')) LIKE ? ESCAPE '\\' OR LOWER(COALESCE(bio, '')) LIKE ? ESCAPE '\\'
+             OR LOWER(COALESCE(CAST(interests AS TEXT), '')) LIKE ? ESCAPE '\\'",
+            vec![text(&pattern), text(&pattern), text(&pattern)],
+        );
+    }
+    if let Some(ids) = q.interests.as_deref().filter(|i| !i.trim().is_empty()) {
+        let ids: Vec<&str> = ids
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .collect();
+        if ids.iter().any(|id| {
+            !id.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        }) {
+            p.add("interests", "must be comma-separated interest ids");
+        } else {
+            // PostgreSQL prints json with a space after colons, SQLite keeps serde's compact form.
+            let clause =
+                vec!["CAST(interests AS TEXT) LIKE ? OR CAST(interests AS TEXT) LIKE ?"; ids.len()]
+                    .join(" OR ");
+            let args = ids
+                .iter()
+                .flat_map(|id| [format!("%\"id\":\"{id}\"%"), format!("%\"id\": \"{id}\"%")])
+                .map(Arg::Text)
+                .collect();
+            w.push(&clause, args);
+        }
+    }
+    if let Some(code) = q.specialization.as_deref().filter(|s| !s.trim().is_empty()) {
+        w.push("specialization = ?", vec![text(code.trim())]);
+    }
+    if let Some(date) = q.available_on.as_deref().filter(|d| !d.is_empty()) {
+        if NaiveDate::parse_from_str(date, "%Y-%m-%d").is_err() {
+            p.add("availableOn", "must be a date YYYY-MM-DD");
+        }
+    }
+    p.finish()?;
+    Ok(w)
+}
+
+/// The people I may see, filtered: `basic_user[]`, newest first.
+#[utoipa::path(tag = "users", security(("bearer" = [])), params(UsersQuery, PageQuery),
+    responses((status = 200, description = "basic_user[] with pagination"),
+              (status = 400, description = "a filter is invalid, or lastEvaluatedKey is not genuine")))]
+#[get("/v1/users")]
+pub async fn list_users(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    query: web::Query<UsersQuery>,
+    page: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let reader = me(&state, &who).await?;
+    let filter = filters(&reader, &query)?;
+    let fingerprint = format!("{}|{query:?}", reader.id);
+    let pager = Pager::new(&state.hash_key, "users", &fingerprint, &page)?;
+    let after = match pager.after(&page)? {
+        Some(Value::Array(key)) => {
+            let at = key
+                .first()
+                .and_then(Value::as_str)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            let id = key.get(1).and_then(Value::as_str).map(str::to_string);
+            match (at, id) {
+                (Some(at), Some(id)) => Some((at, id)),
+                _ => {
+                    return Err(ApiError::invalid(
+                        json!({"lastEvaluatedKey": "is malformed"}),
+                    ))
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                json!({"lastEvaluatedKey": "is malformed"}),
+            ))
+        }
+        None => None,
+    };
+    let (mut rows, total) =
+        directory::page(&state.store.db, &filter, after, pager.page_size).await?;
+    let has_more = rows.len() as i64 > pager.page_size;
+    rows.truncate(pager.page_size as usize);
+    let last_key = rows.last().map(|u| {
+        json!([
+            u.insert_date.to_rfc3339_opts(SecondsFormat::Nanos, true),
+            u.id
+        ])
+    });
+    let reader = Reader::user(&reader.id, reader.user_type == "admin");
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|u| u.basic(&reader, state.hub.is_online(&u.id)))
+        .collect();
+    Ok(ok_page(
+        data,
+        pager.pagination(last_key.as_ref(), has_more, total),
+    ))
+}
