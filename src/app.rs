@@ -19,6 +19,7 @@ use crate::auth::TokenKeys;
 use crate::config::Settings;
 use crate::http::{self, KnownPaths};
 use crate::providers::mail;
+use crate::providers::storage::LocalFiles;
 use crate::ratelimit::RateLimits;
 use crate::state::AppState;
 use crate::store::{secret, Store};
@@ -73,6 +74,17 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         hash_key: hash_key.into_bytes(),
         mailer,
         background_checks: Box::new(crate::providers::background::SandboxChecks),
+        files: LocalFiles::new(
+            settings.data_dir.join("files"),
+            settings
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}")),
+            secret(&store.db, "files")
+                .await
+                .context("reading the file key")?
+                .into_bytes(),
+        ),
         limits: RateLimits::default(),
         hub: hub.clone(),
     });

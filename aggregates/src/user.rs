@@ -147,13 +147,13 @@ pub struct ProfileChanges {
     pub interests: Option<Vec<InterestChoice>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_state: Option<String>,
-    /// File keys (uploaded by this user); `Some("")` clears.
+    /// Files uploaded by this user; a `FileRef` with an empty key clears.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub picture: Option<String>,
+    pub picture: Option<FileRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub video: Option<String>,
+    pub video: Option<FileRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certificate: Option<String>,
+    pub certificate: Option<FileRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_call_duration: Option<CallDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +165,27 @@ pub struct ProfileChanges {
 impl ProfileChanges {
     pub fn is_empty(&self) -> bool {
         *self == ProfileChanges::default()
+    }
+}
+
+/// A file the user uploaded, as a profile shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileRef {
+    pub key: String,
+    pub mime_type: String,
+    /// Pictures get a small (`sm`) version.
+    pub thumbnail: bool,
+}
+
+impl FileRef {
+    /// The value that removes a file from the profile.
+    pub fn cleared() -> FileRef {
+        FileRef {
+            key: String::new(),
+            mime_type: String::new(),
+            thumbnail: false,
+        }
     }
 }
 

@@ -49,7 +49,7 @@ impl Where {
 
 /// SQL for "this volunteer passed every verification step" (mirrors `UserRecord::verified`).
 pub const VOLUNTEER_VERIFIED_SQL: &str = "(email_verified AND name IS NOT NULL AND dob IS NOT NULL
-    AND specialization IS NOT NULL AND license_id IS NOT NULL AND certificate_key IS NOT NULL
+    AND specialization IS NOT NULL AND license_id IS NOT NULL AND certificate_file IS NOT NULL
     AND verification_admin = 'complete' AND verification_background = 'complete')";
 
 /// `%text%` for LIKE with its wildcards escaped (`ESCAPE '\'`).

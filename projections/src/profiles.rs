@@ -87,7 +87,7 @@ impl UserRecord {
             self.dob.is_some(),
             self.specialization.is_some(),
             self.license_id.is_some(),
-            self.certificate_key.is_some(),
+            self.certificate_file.is_some(),
         ];
         if self.email_verified && profile.iter().all(|x| *x) {
             "complete"
@@ -153,7 +153,7 @@ impl UserRecord {
             "age": self.age(),
             "bio": self.bio,
             "location": {"city": self.city, "state": self.state, "country": self.country},
-            "picture": Value::Null,
+            "picture": file_json(&self.id, &self.picture_file),
             "rating": 0,
             "totalReviews": 0,
             "specialization": self.specialization.as_ref().map(|code| json!({"area": code})),
@@ -176,10 +176,10 @@ impl UserRecord {
                 "custom": {}, "weekly": {},
                 "bookedSlots": {"custom": {}, "weekly": {}}
             },
-            "video": Value::Null,
+            "video": file_json(&self.id, &self.video_file),
             "license": self.license_id.as_ref().map(|id| json!({"id": id})),
-            "certificate": if self.certificate_key.is_some() || self.certificate_state.is_some() {
-                json!({"file": Value::Null, "state": self.certificate_state})
+            "certificate": if self.certificate_file.is_some() || self.certificate_state.is_some() {
+                json!({"file": file_json(&self.id, &self.certificate_file), "state": self.certificate_state})
             } else {
                 Value::Null
             },
@@ -227,6 +227,27 @@ impl UserRecord {
         merge(&mut user, extra);
         user
     }
+}
+
+/// Placeholder URLs of files: `talkamie-file:<user>/<key>` (and `#sm` for the thumbnail). The
+/// service swaps them for signed, expiring URLs when it answers (see `providers::storage`).
+pub const FILE_URL_SCHEME: &str = "talkamie-file:";
+
+/// `{sm?, org: {url, mimeType}}` of a stored file reference.
+pub fn file_json(user_id: &str, file: &Option<sqlx::types::Json<Value>>) -> Value {
+    let Some(file) = file.as_ref().map(|f| &f.0) else {
+        return Value::Null;
+    };
+    let (Some(key), Some(mime)) = (file["key"].as_str(), file["mimeType"].as_str()) else {
+        return Value::Null;
+    };
+    let mut out =
+        json!({"org": {"url": format!("{FILE_URL_SCHEME}{user_id}/{key}"), "mimeType": mime}});
+    if file["thumbnail"].as_bool() == Some(true) {
+        out["sm"] =
+            json!({"url": format!("{FILE_URL_SCHEME}{user_id}/{key}#sm"), "mimeType": "image/png"});
+    }
+    out
 }
 
 fn merge(target: &mut Value, extra: Value) {

@@ -24,6 +24,8 @@ enum Val {
     Int(Option<i64>),
     Bool(bool),
     Json(Value),
+    /// JSON text for a JSON column, or NULL.
+    JsonText(Option<String>),
 }
 
 async fn update_columns(
@@ -45,6 +47,7 @@ async fn update_columns(
                 Val::Int(v) => query.bind(v),
                 Val::Bool(v) => query.bind(v),
                 Val::Json(v) => query.bind(Json(v)),
+                Val::JsonText(v) => query.bind(v.and_then(|t| serde_json::from_str::<Value>(&t).ok()).map(Json)),
             };
         }
         query.execute(conn).await.map(|r| r.rows_affected())?
@@ -113,13 +116,24 @@ async fn profile_columns(
         ("timezone", &changes.timezone),
         ("specialization", &changes.specialization),
         ("certificate_state", &changes.certificate_state),
-        ("picture_key", &changes.picture),
-        ("video_key", &changes.video),
-        ("certificate_key", &changes.certificate),
     ];
     for (column, value) in plain {
         if let Some(value) = value {
             columns.push((column, text(value)));
+        }
+    }
+    for (column, file) in [
+        ("picture_file", &changes.picture),
+        ("video_file", &changes.video),
+        ("certificate_file", &changes.certificate),
+    ] {
+        if let Some(file) = file {
+            let value = if file.key.is_empty() {
+                None
+            } else {
+                serde_json::to_string(file).ok()
+            };
+            columns.push((column, Val::JsonText(value)));
         }
     }
     if let Some(gender) = changes.gender {
@@ -336,14 +350,14 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                 "timezone",
                 "specialization",
                 "certificate_state",
-                "picture_key",
-                "video_key",
-                "certificate_key",
                 "gender",
                 "language",
             ];
             let mut columns: Vec<(&'static str, Val)> =
                 wiped.into_iter().map(|c| (c, Val::Text(None))).collect();
+            for column in ["picture_file", "video_file", "certificate_file"] {
+                columns.push((column, Val::JsonText(None)));
+            }
             columns.push(("interests", Val::Json(json!([]))));
             columns.push(("metas", Val::Json(json!([]))));
             update_columns(tx, user_id, columns, at).await?;
@@ -394,9 +408,9 @@ pub struct UserRecord {
     pub specialization: Option<String>,
     pub interests: Option<Json<Value>>,
     pub certificate_state: Option<String>,
-    pub picture_key: Option<String>,
-    pub video_key: Option<String>,
-    pub certificate_key: Option<String>,
+    pub picture_file: Option<Json<Value>>,
+    pub video_file: Option<Json<Value>>,
+    pub certificate_file: Option<Json<Value>>,
     pub max_call_duration: Option<i64>,
     pub max_call_count: Option<i64>,
     pub push_enabled: bool,
@@ -410,7 +424,7 @@ pub struct UserRecord {
 
 pub const USER_COLUMNS: &str = "id, email, email_verified, type, name, gender, bio, dob, city,
     state, country, license_id, paypal_email, language, visibility, timezone_offset, timezone,
-    specialization, interests, certificate_state, picture_key, video_key, certificate_key,
+    specialization, interests, certificate_state, picture_file, video_file, certificate_file,
     max_call_duration, max_call_count, push_enabled, metas, verification_admin,
     verification_background, insert_date, last_login_date, deleted_at";
 

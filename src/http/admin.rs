@@ -107,10 +107,11 @@ pub async fn users_list(
         ])
     });
     let reader = Reader::user(&admin.id, true);
-    let data: Vec<Value> = rows
+    let mut data: Vec<Value> = rows
         .iter()
         .map(|u| u.full(&reader, state.hub.is_online(&u.id)))
         .collect();
+    data.iter_mut().for_each(|u| state.files.sign_urls(u));
     Ok(ok_page(
         data,
         pager.pagination(last_key.as_ref(), has_more, total),

@@ -89,7 +89,9 @@ pub async fn extended_user(state: &AppState, user_id: &str) -> Result<Value, Api
     let user = users::find_by_id(&state.store.db, user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(user.extended(state.hub.is_online(user_id)))
+    let mut user = user.extended(state.hub.is_online(user_id));
+    state.files.sign_urls(&mut user);
+    Ok(user)
 }
 
 /// Opens a session and answers `user_account`.

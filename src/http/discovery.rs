@@ -215,10 +215,11 @@ pub async fn list_users(
         ])
     });
     let reader = Reader::user(&reader.id, reader.user_type == "admin");
-    let data: Vec<Value> = rows
+    let mut data: Vec<Value> = rows
         .iter()
         .map(|u| u.basic(&reader, state.hub.is_online(&u.id)))
         .collect();
+    data.iter_mut().for_each(|u| state.files.sign_urls(u));
     Ok(ok_page(
         data,
         pager.pagination(last_key.as_ref(), has_more, total),

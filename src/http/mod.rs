@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalogs;
 pub mod discovery;
 pub mod envelope;
+pub mod files;
 pub mod health;
 pub mod otp;
 pub mod pagination;
@@ -72,6 +73,10 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(admin::set_user_verification)
         .service(admin::submit_background_check)
         .service(discovery::list_users)
+        .service(files::signed_urls)
+        .service(files::my_files)
+        .service(files::upload)
+        .service(files::read)
         .service(users::get_user)
         .service(users::put_user)
         .service(users::delete_user)

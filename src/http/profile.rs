@@ -8,14 +8,15 @@ use chrono::{NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use talkamie_aggregates::user::{
-    CallDuration, Gender, InterestChoice, MetaAction, MetaChange, ProfileChanges, Visibility,
-    MAX_METAS, MAX_META_KEY_CHARS,
+    CallDuration, FileRef, Gender, InterestChoice, MetaAction, MetaChange, ProfileChanges,
+    Visibility, MAX_METAS, MAX_META_KEY_CHARS,
 };
 use talkamie_projections::sealing::UserKey;
 use talkamie_projections::{with_pool, Db};
 use utoipa::ToSchema;
 
 use super::envelope::ApiError;
+use super::files::uploaded_file;
 use super::validate::{is_plausible_email, Problems};
 
 pub const MAX_BIO_CHARS: usize = 1000;
@@ -89,7 +90,12 @@ fn trimmed(value: &str) -> String {
     value.trim().to_string()
 }
 
-pub async fn parse(db: &Db, key: &UserKey, body: &ProfileBody) -> Result<ProfileRequest, ApiError> {
+pub async fn parse(
+    db: &Db,
+    user_id: &str,
+    key: &UserKey,
+    body: &ProfileBody,
+) -> Result<ProfileRequest, ApiError> {
     let mut p = Problems::default();
     let mut c = ProfileChanges::default();
 
@@ -261,22 +267,29 @@ pub async fn parse(db: &Db, key: &UserKey, body: &ProfileBody) -> Result<Profile
     if let Some(push) = &body.push_notification {
         c.push_enabled = Some(push.enabled);
     }
-    for (field, value) in [
-        ("picture", &body.picture),
-        ("video", &body.video),
-        ("certificate", &body.certificate),
+    for (field, value, target) in [
+        ("picture", &body.picture, &mut c.picture),
+        ("video", &body.video, &mut c.video),
+        ("certificate", &body.certificate, &mut c.certificate),
     ] {
-        if value.as_deref().is_some_and(|v| !v.trim().is_empty()) {
-            // Files arrive with `POST /v1/signed/urls`; until then no key belongs to anyone.
-            return Err(ApiError::unprocessable(
-                "unknown_file",
-                format!("{field}: no file with this key was uploaded by you"),
-            ));
+        let Some(key_name) = value.as_deref().map(str::trim) else {
+            continue;
+        };
+        if key_name.is_empty() {
+            *target = Some(FileRef::cleared());
+            continue;
+        }
+        // A file this user uploaded, of the matching object type; anything else is 422.
+        match uploaded_file(db, user_id, key_name).await? {
+            Some((object_type, file)) if object_type == field => *target = Some(file),
+            _ => {
+                return Err(ApiError::unprocessable(
+                    "unknown_file",
+                    format!("{field}: no {field} with this key was uploaded by you"),
+                ))
+            }
         }
     }
-    c.picture = body.picture.as_ref().map(|_| String::new());
-    c.video = body.video.as_ref().map(|_| String::new());
-    c.certificate = body.certificate.as_ref().map(|_| String::new());
 
     if let Some(dir) = &body.file_dir_path {
         p.check_length("fileDirPath", dir, 0, 200);

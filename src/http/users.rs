@@ -72,11 +72,16 @@ pub async fn user_as_seen_by(
         .filter(|target| may_see(reader, target))
         .ok_or_else(|| ApiError::not_found("user"))?;
     let online = state.hub.is_online(id);
-    if target.id == reader.id {
-        return Ok(target.extended(online));
-    }
-    let reader = Reader::user(&reader.id, reader.user_type == "admin");
-    Ok(target.full(&reader, online))
+    let mut user = if target.id == reader.id {
+        target.extended(online)
+    } else {
+        target.full(
+            &Reader::user(&reader.id, reader.user_type == "admin"),
+            online,
+        )
+    };
+    state.files.sign_urls(&mut user);
+    Ok(user)
 }
 
 /// Validates the profile fields and metas, applies them, answers `extended_user`.
@@ -86,7 +91,7 @@ pub async fn update_profile(
     body: &ProfileBody,
 ) -> Result<Value, ApiError> {
     let key = user_key(state, &who.user_id).await?;
-    let request = profile::parse(&state.store.db, &key, body).await?;
+    let request = profile::parse(&state.store.db, &who.user_id, &key, body).await?;
     let at = Utc::now();
     if !request.changes.is_empty() {
         let command = UserCommand::UpdateProfile {
@@ -244,6 +249,7 @@ pub async fn delete_user(
             tracing::warn!(%error, "could not remove stored mails of a deleted user");
         }
     }
+    super::files::delete_all(&state, &id).await?;
     compact(&state.store.db).await;
     Ok(ok(Value::Null))
 }

@@ -3,3 +3,4 @@
 
 pub mod background;
 pub mod mail;
+pub mod storage;

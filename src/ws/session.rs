@@ -14,6 +14,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use talkamie_projections::feed::{self, FeedRow};
+use talkamie_projections::profiles::FILE_URL_SCHEME;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -390,6 +391,11 @@ impl Socket {
                 return Flow::Close(reason);
             }
             return close(CloseCode::Policy, "session ended");
+        }
+        if row.payload.to_string().contains(FILE_URL_SCHEME) {
+            let mut signed = row.clone();
+            self.state.files.sign_urls(&mut signed.payload);
+            return self.send_text(frames::push(&signed)).await;
         }
         self.send_text(frames::push(row)).await
     }

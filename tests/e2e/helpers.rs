@@ -155,7 +155,11 @@ impl Server {
             child,
             base: format!("http://{addr}"),
             ws_url: format!("ws://{addr}/v1/ws"),
-            http: reqwest::Client::new(),
+            // A hang must fail the test, not block the run.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
         }
     }
 

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod discovery;
 mod errors;
+mod files;
 mod instances;
 mod profiles;
 mod store;
