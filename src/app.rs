@@ -56,6 +56,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             store.clone(),
             stop_rx.clone(),
         )),
+        tokio::spawn(ws::hub::run_presence(
+            hub.clone(),
+            store.db.clone(),
+            stop_rx.clone(),
+        )),
         tokio::spawn(ws::hub::listen_for_remote_pushes(
             hub.clone(),
             store.db.clone(),

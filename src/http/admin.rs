@@ -107,9 +107,11 @@ pub async fn users_list(
         ])
     });
     let reader = Reader::user(&admin.id, true);
+    let ids: Vec<String> = rows.iter().map(|u| u.id.clone()).collect();
+    let online = state.hub.online(&state.store.db, &ids).await;
     let mut data: Vec<Value> = rows
         .iter()
-        .map(|u| u.full(&reader, state.hub.is_online(&u.id)))
+        .map(|u| u.full(&reader, online.contains(&u.id)))
         .collect();
     data.iter_mut().for_each(|u| state.files.sign_urls(u));
     Ok(ok_page(

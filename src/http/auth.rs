@@ -89,7 +89,11 @@ pub async fn extended_user(state: &AppState, user_id: &str) -> Result<Value, Api
     let user = users::find_by_id(&state.store.db, user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    let mut user = user.extended(state.hub.is_online(user_id));
+    let online = state
+        .hub
+        .online(&state.store.db, std::slice::from_ref(&user.id))
+        .await;
+    let mut user = user.extended(online.contains(user_id));
     state.files.sign_urls(&mut user);
     Ok(user)
 }

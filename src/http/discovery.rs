@@ -215,9 +215,11 @@ pub async fn list_users(
         ])
     });
     let reader = Reader::user(&reader.id, reader.user_type == "admin");
+    let ids: Vec<String> = rows.iter().map(|u| u.id.clone()).collect();
+    let online = state.hub.online(&state.store.db, &ids).await;
     let mut data: Vec<Value> = rows
         .iter()
-        .map(|u| u.basic(&reader, state.hub.is_online(&u.id)))
+        .map(|u| u.basic(&reader, online.contains(&u.id)))
         .collect();
     data.iter_mut().for_each(|u| state.files.sign_urls(u));
     Ok(ok_page(

@@ -71,7 +71,11 @@ pub async fn user_as_seen_by(
         .await?
         .filter(|target| may_see(reader, target))
         .ok_or_else(|| ApiError::not_found("user"))?;
-    let online = state.hub.is_online(id);
+    let online = state
+        .hub
+        .online(&state.store.db, std::slice::from_ref(&target.id))
+        .await
+        .contains(id);
     let mut user = if target.id == reader.id {
         target.extended(online)
     } else {

@@ -14,6 +14,7 @@ use talkamie_projections::projector::FEED_CHANNEL;
 use talkamie_projections::Db;
 use tokio::sync::{mpsc, watch, Notify};
 
+use super::presence;
 use crate::store::Store;
 
 /// Pushes buffered per socket; a socket that falls this far behind is dropped and reconnects
@@ -25,6 +26,11 @@ const PAGE: i64 = 500;
 type Sender = mpsc::Sender<Arc<FeedRow>>;
 
 pub struct Hub {
+    /// This instance in the shared `presence` table.
+    pub instance_id: String,
+    /// Users whose socket count changed, for the presence writer.
+    presence_dirty: mpsc::UnboundedSender<String>,
+    presence_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     sockets: Mutex<HashMap<String, Vec<(u64, Sender)>>>,
     next_id: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -34,7 +40,11 @@ pub struct Hub {
 
 impl Hub {
     pub fn new() -> Arc<Hub> {
+        let (presence_dirty, presence_rx) = mpsc::unbounded_channel();
         Arc::new(Hub {
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            presence_dirty,
+            presence_rx: Mutex::new(Some(presence_rx)),
             sockets: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
@@ -54,6 +64,7 @@ impl Hub {
             .entry(user_id.to_string())
             .or_default()
             .push((id, tx));
+        let _ = self.presence_dirty.send(user_id.to_string());
         (id, rx)
     }
 
@@ -65,6 +76,33 @@ impl Hub {
                 sockets.remove(user_id);
             }
         }
+        drop(sockets);
+        let _ = self.presence_dirty.send(user_id.to_string());
+    }
+
+    fn local_sockets(&self, user_id: &str) -> usize {
+        self.lock().get(user_id).map_or(0, Vec::len)
+    }
+
+    /// Which of `user_ids` are online on any instance (this one answers from memory).
+    pub async fn online(&self, db: &Db, user_ids: &[String]) -> std::collections::HashSet<String> {
+        let mut online: std::collections::HashSet<String> = user_ids
+            .iter()
+            .filter(|id| self.is_online(id))
+            .cloned()
+            .collect();
+        let others: Vec<String> = user_ids
+            .iter()
+            .filter(|id| !online.contains(*id))
+            .cloned()
+            .collect();
+        match presence::online_among(db, &others).await {
+            Ok(remote) => online.extend(remote),
+            Err(error) => {
+                tracing::warn!(%error, "presence lookup failed; showing local presence only")
+            }
+        }
+        online
     }
 
     /// Whether the user has an open socket on this instance.
@@ -92,6 +130,35 @@ impl Hub {
     /// Asks every socket to send a close frame and end.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+}
+
+/// Writes socket counts to the shared `presence` table (one writer, so counts never go back
+/// in time) and refreshes this instance's rows on a heartbeat.
+pub async fn run_presence(hub: Arc<Hub>, db: Db, mut stop: watch::Receiver<bool>) {
+    let Some(mut dirty) = hub
+        .presence_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        return;
+    };
+    let mut heartbeat = tokio::time::interval(presence::HEARTBEAT);
+    loop {
+        let result = tokio::select! {
+            Some(user_id) = dirty.recv() => {
+                presence::record(&db, &hub.instance_id, &user_id, hub.local_sockets(&user_id)).await
+            }
+            _ = heartbeat.tick() => presence::refresh(&db, &hub.instance_id).await,
+            _ = stop.changed() => {
+                let _ = presence::clear(&db, &hub.instance_id).await;
+                return;
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "presence update failed");
+        }
     }
 }
 

@@ -62,3 +62,44 @@ async fn pushes_cross_instances() {
         .await
         .is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_is_shared_between_instances() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let one = Server::start(&db).await;
+    let two = Server::start(&db).await;
+    let (ann, ann_token, _) = one
+        .sign_up(&unique_email("ann"), "password-1", "senior")
+        .await;
+    let (_, bob_token, _) = one
+        .sign_up(&unique_email("bob"), "password-1", "senior")
+        .await;
+    let online_on_one = || async {
+        let (status, body) = one.get(&format!("/v1/user/{ann}"), Some(&bob_token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"]["online"].as_bool().unwrap()
+    };
+    assert!(!online_on_one().await);
+    let (ws, _) = two.ws_authenticated(&ann_token, None).await;
+    let mut seen = false;
+    for _ in 0..50 {
+        if online_on_one().await {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "instance one sees the socket on instance two");
+    drop(ws);
+    let mut gone = false;
+    for _ in 0..50 {
+        if !online_on_one().await {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "closing the socket makes the user offline everywhere");
+}
