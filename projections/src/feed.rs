@@ -35,11 +35,13 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projecti
         | UserEvent::EmailVerified { .. }
         | UserEvent::MetasReplaced { .. }
         | UserEvent::VerificationChanged { .. } => {}
-        // The deleted user's pushes held their profile: purge them.
+        // The deleted user's pushes held their profile: purge them. `session.ended` rows hold
+        // nothing personal and must still reach (and close) the user's sockets.
         UserEvent::UserDeleted { .. } => {
             with_tx!(tx, conn => {
-                sqlx::query("DELETE FROM feed WHERE user_id = $1")
+                sqlx::query("DELETE FROM feed WHERE user_id = $1 AND action <> $2")
                     .bind(user_id)
+                    .bind(SESSION_ENDED)
                     .execute(conn)
                     .await
                     .map(|r| r.rows_affected())?

@@ -1,18 +1,18 @@
 //! Section 11: the admin API (admin tokens only) and section 10's verification steps.
 
 use actix_web::{get, post, web, HttpResponse};
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use talkamie_aggregates::user::{User, UserCommand, VerificationStatus, VerificationStep};
+use talkamie_aggregates::user::{UserCommand, VerificationStatus, VerificationStep};
 use talkamie_projections::directory::{self, like, Arg, Where};
 use talkamie_projections::profiles::Reader;
 use talkamie_projections::users::{self, UserRecord};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::user_rejected;
+use super::auth::execute_user;
 use super::envelope::{ok, ok_page, ApiError};
-use super::pagination::{PageQuery, Pager};
+use super::pagination::{user_keyset, user_sort_key, PageQuery, Pager};
 use super::users::me;
 use super::validate::Problems;
 use crate::auth::Authenticated;
@@ -81,31 +81,13 @@ pub async fn users_list(
         Some(_) => p.add("unverified", "must be true or false"),
     }
     p.finish()?;
-    let fingerprint = format!("{query:?}");
+    let fingerprint = format!("{}|{query:?}", admin.id);
     let pager = Pager::new(&state.hash_key, "admin-users", &fingerprint, &page)?;
-    let after = pager
-        .after(&page)?
-        .map(|key| {
-            let at = key[0]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            match (at, key[1].as_str()) {
-                (Some(at), Some(id)) => Ok((at.with_timezone(&Utc), id.to_string())),
-                _ => Err(ApiError::invalid(
-                    json!({"lastEvaluatedKey": "is malformed"}),
-                )),
-            }
-        })
-        .transpose()?;
+    let after = user_keyset(pager.after(&page)?)?;
     let (mut rows, total) = directory::page(&state.store.db, &w, after, pager.page_size).await?;
     let has_more = rows.len() as i64 > pager.page_size;
     rows.truncate(pager.page_size as usize);
-    let last_key = rows.last().map(|u| {
-        json!([
-            u.insert_date.to_rfc3339_opts(SecondsFormat::Nanos, true),
-            u.id
-        ])
-    });
+    let last_key = rows.last().map(user_sort_key);
     let reader = Reader::user(&admin.id, true);
     let ids: Vec<String> = rows.iter().map(|u| u.id.clone()).collect();
     let online = state.hub.online(&state.store.db, &ids).await;
@@ -161,11 +143,7 @@ async fn set_verification(
         status,
         at: Utc::now(),
     };
-    state
-        .store
-        .execute::<User>(user_id, command, who.metadata())
-        .await
-        .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    execute_user(state, user_id, command, who.metadata()).await?;
     Ok(())
 }
 

@@ -5,14 +5,13 @@ use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use talkamie_aggregates::otp::{Otp, OtpCommand};
 use talkamie_aggregates::user::{User, UserCommand, UserError, UserEvent, UserType};
 use talkamie_projections::{sealing, users};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::envelope::{created, ok, ApiError};
-use super::otp::{otp_error, OTP_INVALID};
+use super::otp::OTP_INVALID;
 use super::validate::Problems;
 use crate::accounts;
 use crate::auth::otp::{self as codes, OtpPurpose};
@@ -77,6 +76,20 @@ pub(crate) fn user_rejected(error: UserError) -> ApiError {
     }
 }
 
+/// Runs a command on a user; a refusal becomes the matching 4xx.
+pub async fn execute_user(
+    state: &AppState,
+    user_id: &str,
+    command: UserCommand,
+    metadata: Metadata,
+) -> Result<Vec<UserEvent>, ApiError> {
+    state
+        .store
+        .execute::<User>(user_id, command, metadata)
+        .await
+        .map_err(|e| ApiError::from_command(e, user_rejected))
+}
+
 /// The user's sealing key; a user without one is deleted (404).
 pub async fn user_key(state: &AppState, user_id: &str) -> Result<sealing::UserKey, ApiError> {
     sealing::key(&state.store.db, user_id)
@@ -111,11 +124,7 @@ async fn open_session(
         refresh_jti: jti.clone(),
         at: Utc::now(),
     };
-    state
-        .store
-        .execute::<User>(user_id, command, metadata)
-        .await
-        .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    execute_user(state, user_id, command, metadata).await?;
     let tokens = tokens_for(state, user_id, &session_id, &jti)?;
     Ok(json!({ "user": extended_user(state, user_id).await?, "tokens": tokens }))
 }
@@ -290,11 +299,7 @@ pub async fn refresh(
         new_jti: new_jti.clone(),
         at: Utc::now(),
     };
-    let events = state
-        .store
-        .execute::<User>(&claims.sub, command, request_metadata(&req))
-        .await
-        .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    let events = execute_user(&state, &claims.sub, command, request_metadata(&req)).await?;
     match events.first() {
         Some(UserEvent::SessionRefreshed { .. }) => Ok(ok(json!({
             "tokens": tokens_for(&state, &claims.sub, &claims.sid, &new_jti)?
@@ -317,11 +322,7 @@ pub async fn sign_out(
         session_id: who.session_id.clone(),
         at: Utc::now(),
     };
-    state
-        .store
-        .execute::<User>(&who.user_id, command, who.metadata())
-        .await
-        .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    execute_user(&state, &who.user_id, command, who.metadata()).await?;
     Ok(ok(Value::Null))
 }
 
@@ -362,23 +363,8 @@ pub async fn reset_password(
             "the code is not valid",
         ));
     };
-    let purpose = OtpPurpose::ResetPassword;
-    let verify = OtpCommand::Verify {
-        code_hash: codes::code_hash(&state.hash_key, &normalized, purpose, &code),
-        consume: true,
-        at: Utc::now(),
-    };
     let metadata = request_metadata(&req);
-    let events = state
-        .store
-        .execute::<Otp>(
-            &codes::aggregate_id(&state.hash_key, &normalized, purpose),
-            verify,
-            metadata.clone(),
-        )
-        .await
-        .map_err(|e| ApiError::from_command(e, otp_error))?;
-    super::otp::ensure_accepted(&events)?;
+    super::otp::check_code(&state, &normalized, OtpPurpose::ResetPassword, &code, true).await?;
     let password_hash = password::hash(new_password).await.map_err(|error| {
         tracing::error!(%error, "password hashing failed");
         ApiError::internal()
@@ -387,10 +373,6 @@ pub async fn reset_password(
         password_hash: user_key(&state, &user_id).await?.seal(&password_hash),
         at: Utc::now(),
     };
-    state
-        .store
-        .execute::<User>(&user_id, command, metadata)
-        .await
-        .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    execute_user(&state, &user_id, command, metadata).await?;
     Ok(ok(Value::Null))
 }

@@ -2,16 +2,16 @@
 //! rules are SQL over the `users` read model; pages use the shared keyset pagination.
 
 use actix_web::{get, web, HttpResponse};
-use chrono::{DateTime, Months, NaiveDate, SecondsFormat, Utc};
+use chrono::{Months, NaiveDate, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use talkamie_projections::directory::{self, like, Arg, Where, VOLUNTEER_VERIFIED_SQL};
 use talkamie_projections::profiles::Reader;
 use talkamie_projections::users::UserRecord;
 use utoipa::IntoParams;
 
 use super::envelope::{ok_page, ApiError};
-use super::pagination::{PageQuery, Pager};
+use super::pagination::{user_keyset, user_sort_key, PageQuery, Pager};
 use super::users::me;
 use super::validate::Problems;
 use crate::auth::Authenticated;
@@ -180,40 +180,12 @@ pub async fn list_users(
     let filter = filters(&reader, &query)?;
     let fingerprint = format!("{}|{query:?}", reader.id);
     let pager = Pager::new(&state.hash_key, "users", &fingerprint, &page)?;
-    let after = match pager.after(&page)? {
-        Some(Value::Array(key)) => {
-            let at = key
-                .first()
-                .and_then(Value::as_str)
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc));
-            let id = key.get(1).and_then(Value::as_str).map(str::to_string);
-            match (at, id) {
-                (Some(at), Some(id)) => Some((at, id)),
-                _ => {
-                    return Err(ApiError::invalid(
-                        json!({"lastEvaluatedKey": "is malformed"}),
-                    ))
-                }
-            }
-        }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                json!({"lastEvaluatedKey": "is malformed"}),
-            ))
-        }
-        None => None,
-    };
+    let after = user_keyset(pager.after(&page)?)?;
     let (mut rows, total) =
         directory::page(&state.store.db, &filter, after, pager.page_size).await?;
     let has_more = rows.len() as i64 > pager.page_size;
     rows.truncate(pager.page_size as usize);
-    let last_key = rows.last().map(|u| {
-        json!([
-            u.insert_date.to_rfc3339_opts(SecondsFormat::Nanos, true),
-            u.id
-        ])
-    });
+    let last_key = rows.last().map(user_sort_key);
     let reader = Reader::user(&reader.id, reader.user_type == "admin");
     let ids: Vec<String> = rows.iter().map(|u| u.id.clone()).collect();
     let online = state.hub.online(&state.store.db, &ids).await;

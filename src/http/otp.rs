@@ -5,11 +5,11 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use talkamie_aggregates::otp::{Otp, OtpCommand, OtpError, OtpEvent};
-use talkamie_aggregates::user::{User, UserCommand};
+use talkamie_aggregates::user::UserCommand;
 use talkamie_projections::users;
 use utoipa::ToSchema;
 
-use super::auth::{client_ip, user_rejected};
+use super::auth::{client_ip, execute_user};
 use super::envelope::{ok, ApiError};
 use super::validate::Problems;
 use crate::auth::otp::{self as codes, OtpPurpose};
@@ -44,8 +44,33 @@ pub fn otp_error(error: OtpError) -> ApiError {
     }
 }
 
+/// Checks `code` for (email, purpose), counting a try; `consume` uses it up when right.
+pub async fn check_code(
+    state: &AppState,
+    normalized_email: &str,
+    purpose: OtpPurpose,
+    code: &str,
+    consume: bool,
+) -> Result<(), ApiError> {
+    let verify = OtpCommand::Verify {
+        code_hash: codes::code_hash(&state.hash_key, normalized_email, purpose, code),
+        consume,
+        at: Utc::now(),
+    };
+    let events = state
+        .store
+        .execute::<Otp>(
+            &codes::aggregate_id(&state.hash_key, normalized_email, purpose),
+            verify,
+            Metadata::new(),
+        )
+        .await
+        .map_err(|e| ApiError::from_command(e, otp_error))?;
+    ensure_accepted(&events)
+}
+
 /// A verification that appended `OtpAttemptFailed` was a wrong code.
-pub fn ensure_accepted(events: &[OtpEvent]) -> Result<(), ApiError> {
+fn ensure_accepted(events: &[OtpEvent]) -> Result<(), ApiError> {
     match events.first() {
         Some(OtpEvent::OtpAttemptFailed { tries_left }) => Err(ApiError::unprocessable(
             OTP_INVALID,
@@ -163,31 +188,22 @@ pub async fn verify_code(
             "the code is not valid",
         ));
     };
-    let verify = OtpCommand::Verify {
-        code_hash: codes::code_hash(&state.hash_key, &normalized, purpose, &code),
-        consume: purpose == OtpPurpose::VerifyEmail,
-        at: Utc::now(),
-    };
-    let events = state
-        .store
-        .execute::<Otp>(
-            &codes::aggregate_id(&state.hash_key, &normalized, purpose),
-            verify,
+    check_code(
+        &state,
+        &normalized,
+        purpose,
+        &code,
+        purpose == OtpPurpose::VerifyEmail,
+    )
+    .await?;
+    if purpose == OtpPurpose::VerifyEmail {
+        execute_user(
+            &state,
+            &user_id,
+            UserCommand::VerifyEmail { at: Utc::now() },
             Metadata::new(),
         )
-        .await
-        .map_err(|e| ApiError::from_command(e, otp_error))?;
-    ensure_accepted(&events)?;
-    if purpose == OtpPurpose::VerifyEmail {
-        state
-            .store
-            .execute::<User>(
-                &user_id,
-                UserCommand::VerifyEmail { at: Utc::now() },
-                Metadata::new(),
-            )
-            .await
-            .map_err(|e| ApiError::from_command(e, user_rejected))?;
+        .await?;
     }
     Ok(ok(json!({ "verified": true })))
 }

@@ -5,10 +5,12 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Sha256;
+use talkamie_projections::users::UserRecord;
 use utoipa::IntoParams;
 
 use super::envelope::ApiError;
@@ -101,6 +103,28 @@ impl<'a> Pager<'a> {
         }
         pagination
     }
+}
+
+/// Decodes the `(insertDate, id)` keyset of the user lists.
+pub fn user_keyset(key: Option<Value>) -> Result<Option<(DateTime<Utc>, String)>, ApiError> {
+    let Some(key) = key else { return Ok(None) };
+    let at = key[0]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+    match (at, key[1].as_str()) {
+        (Some(at), Some(id)) => Ok(Some((at.with_timezone(&Utc), id.to_string()))),
+        _ => Err(ApiError::invalid(
+            json!({"lastEvaluatedKey": "is malformed"}),
+        )),
+    }
+}
+
+/// The keyset of a user row (the inverse of [`user_keyset`]).
+pub fn user_sort_key(user: &UserRecord) -> Value {
+    json!([
+        user.insert_date.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        user.id
+    ])
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::Value;
 use talkamie_aggregates::email_claim::{EmailClaim, EmailClaimCommand};
-use talkamie_aggregates::user::{User, UserCommand};
+use talkamie_aggregates::user::UserCommand;
 use talkamie_projections::profiles::Reader;
 use talkamie_projections::users::{self, UserRecord};
 use talkamie_projections::{sealing, with_pool, Db};
 use utoipa::ToSchema;
 
-use super::auth::{extended_user, user_key, user_rejected};
+use super::auth::{execute_user, extended_user, user_key};
 use super::envelope::{ok, ApiError};
 use super::profile::{self, ProfileBody};
 use super::validate::Problems;
@@ -102,11 +102,7 @@ pub async fn update_profile(
             changes: Box::new(request.changes),
             at,
         };
-        state
-            .store
-            .execute::<User>(&who.user_id, command, who.metadata())
-            .await
-            .map_err(|e| ApiError::from_command(e, user_rejected))?;
+        execute_user(state, &who.user_id, command, who.metadata()).await?;
     }
     if let Some((action, changes)) = request.metas {
         let command = UserCommand::ChangeMetas {
@@ -114,11 +110,7 @@ pub async fn update_profile(
             changes,
             at,
         };
-        state
-            .store
-            .execute::<User>(&who.user_id, command, who.metadata())
-            .await
-            .map_err(|e| ApiError::from_command(e, user_rejected))?;
+        execute_user(state, &who.user_id, command, who.metadata()).await?;
     }
     extended_user(state, &who.user_id).await
 }
@@ -202,11 +194,7 @@ pub async fn change_password(
         keep_session: Some(who.session_id.clone()),
         at: Utc::now(),
     };
-    state
-        .store
-        .execute::<User>(&who.user_id, command, who.metadata())
-        .await
-        .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    execute_user(&state, &who.user_id, command, who.metadata()).await?;
     Ok(ok(Value::Null))
 }
 
@@ -232,11 +220,13 @@ pub async fn delete_user(
         .filter(|u| !u.is_deleted())
         .ok_or_else(|| ApiError::not_found("user"))?;
     let email = target.email.clone().unwrap_or_default();
-    state
-        .store
-        .execute::<User>(&id, UserCommand::Delete { at: Utc::now() }, who.metadata())
-        .await
-        .map_err(|e| ApiError::from_command(e, user_rejected))?;
+    execute_user(
+        &state,
+        &id,
+        UserCommand::Delete { at: Utc::now() },
+        who.metadata(),
+    )
+    .await?;
     // The read models are wiped now (read-your-writes); destroy the key, free the email.
     sealing::destroy_key(&state.store.db, &id).await?;
     if !email.is_empty() {

@@ -481,6 +481,9 @@ async fn deletion_leaves_nothing_personal_behind(backend: Backend) {
         .call("DELETE", &format!("/v1/user/{id}"), Some(&token), None)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // The deleted user's socket is told, then closed.
+    let ended = ws.push("session.ended").await;
+    assert_eq!(ended["data"]["reason"], json!("account-deleted"));
     assert_eq!(
         server.get("/v1/auth", Some(&token)).await.0,
         StatusCode::UNAUTHORIZED
