@@ -222,6 +222,11 @@ async fn housekeeping(state: web::Data<AppState>, mut stop: watch::Receiver<bool
             _ = stop.changed() => return,
         }
         state.limits.shrink();
+        match crate::http::files::forget_unused_reservations(&state.store.db).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "forgot unused upload reservations"),
+            Err(error) => tracing::warn!(%error, "forgetting upload reservations failed"),
+        }
         match talkamie_projections::feed::prune(&state.store.db, chrono::Utc::now()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "pruned old pushes"),

@@ -461,6 +461,18 @@ pub async fn my_files(
     Ok(ok(data))
 }
 
+/// Upload URLs live 15 minutes: reservations never used within a day are dropped.
+pub async fn forget_unused_reservations(db: &Db) -> Result<u64, sqlx::Error> {
+    let cutoff = Utc::now() - chrono::Duration::days(1);
+    with_pool!(db, pool => {
+        sqlx::query("DELETE FROM files WHERE status = 'pending' AND created_at < $1")
+            .bind(cutoff)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+    })
+}
+
 /// Deletes every file of a user (account deletion).
 pub async fn delete_all(state: &AppState, user_id: &str) -> Result<(), ApiError> {
     with_pool!(&state.store.db, pool => {
