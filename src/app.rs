@@ -17,9 +17,11 @@ use utoipa_scalar::{Scalar, Servable};
 
 use crate::auth::TokenKeys;
 use crate::config::Settings;
+use crate::config::StorageKind;
 use crate::http::{self, KnownPaths};
 use crate::providers::mail;
-use crate::providers::storage::LocalFiles;
+use crate::providers::s3::S3Files;
+use crate::providers::storage::{FileStore, LocalFiles};
 use crate::ratelimit::RateLimits;
 use crate::state::AppState;
 use crate::store::{secret, Store};
@@ -72,14 +74,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
     let addr = listener.local_addr()?;
 
-    let state = web::Data::new(AppState {
-        settings: settings.clone(),
-        store: store.clone(),
-        tokens: TokenKeys::new(jwt_secret.as_bytes()),
-        hash_key: hash_key.into_bytes(),
-        mailer,
-        background_checks: Box::new(crate::providers::background::SandboxChecks),
-        files: LocalFiles::new(
+    let files = match &settings.storage {
+        StorageKind::Local => FileStore::Local(LocalFiles::new(
             settings.data_dir.join("files"),
             settings
                 .public_url
@@ -89,7 +85,21 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                 .await
                 .context("reading the file key")?
                 .into_bytes(),
-        ),
+        )),
+        StorageKind::S3(s3) => {
+            let s3 = S3Files::new(s3)?;
+            s3.ensure_bucket().await.context("reaching the S3 bucket")?;
+            FileStore::S3(s3)
+        }
+    };
+    let state = web::Data::new(AppState {
+        settings: settings.clone(),
+        store: store.clone(),
+        tokens: TokenKeys::new(jwt_secret.as_bytes()),
+        hash_key: hash_key.into_bytes(),
+        mailer,
+        background_checks: Box::new(crate::providers::background::SandboxChecks),
+        files,
         limits: RateLimits::default(),
         hub: hub.clone(),
     });

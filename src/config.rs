@@ -38,6 +38,26 @@ pub struct CoinSettings {
     pub packages: Vec<CoinPackage>,
 }
 
+/// Where uploaded files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageKind {
+    /// `<data dir>/files/`, served by this server behind signed URLs.
+    Local,
+    /// An S3-compatible bucket; clients upload and read with presigned URLs.
+    S3(S3Settings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// `true`: `endpoint/bucket/key` (MinIO and most S3-compatible stores); `false`: virtual host.
+    pub path_style: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub port: u16,
@@ -57,6 +77,7 @@ pub struct Settings {
     /// Seconds a silent WebSocket may stay open.
     pub ws_idle_timeout_secs: u64,
     pub coins: CoinSettings,
+    pub storage: StorageKind,
 }
 
 impl Settings {
@@ -114,7 +135,6 @@ impl Settings {
         for (key, allowed) in [
             ("TALKAMIE_PAYMENTS", "sandbox"),
             ("TALKAMIE_PAYOUTS", "sandbox"),
-            ("TALKAMIE_STORAGE", "local"),
             ("TALKAMIE_PUSH", "file"),
         ] {
             if let Some(value) = get(key) {
@@ -163,7 +183,25 @@ impl Settings {
                 })
                 .collect(),
         };
+        let storage = match get("TALKAMIE_STORAGE").as_deref().unwrap_or("local") {
+            "local" => StorageKind::Local,
+            "s3" => {
+                let need = |key: &str| {
+                    get(key).with_context(|| format!("TALKAMIE_STORAGE=s3 needs {key}"))
+                };
+                StorageKind::S3(S3Settings {
+                    endpoint: need("S3_ENDPOINT")?,
+                    bucket: need("S3_BUCKET")?,
+                    region: get("S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+                    access_key_id: need("S3_ACCESS_KEY_ID")?,
+                    secret_access_key: need("S3_SECRET_ACCESS_KEY")?,
+                    path_style: get("S3_PATH_STYLE").is_none_or(|v| v != "false"),
+                })
+            }
+            other => bail!("TALKAMIE_STORAGE must be local or s3, not {other}"),
+        };
         Ok(Settings {
+            storage,
             coins,
             port,
             host: get("TALKAMIE_HOST").unwrap_or_else(|| "127.0.0.1".into()),

@@ -6,7 +6,7 @@ use crate::auth::TokenKeys;
 use crate::config::Settings;
 use crate::providers::background::BackgroundChecks;
 use crate::providers::mail::Mailer;
-use crate::providers::storage::LocalFiles;
+use crate::providers::storage::FileStore;
 use crate::ratelimit::RateLimits;
 use crate::store::Store;
 use crate::ws::hub::Hub;
@@ -19,7 +19,7 @@ pub struct AppState {
     pub hash_key: Vec<u8>,
     pub mailer: Box<dyn Mailer>,
     pub background_checks: Box<dyn BackgroundChecks>,
-    pub files: LocalFiles,
+    pub files: FileStore,
     pub limits: RateLimits,
     pub hub: Arc<Hub>,
 }

@@ -21,7 +21,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::envelope::{ok, ApiError};
 use super::validate::Problems;
 use crate::auth::Authenticated;
-use crate::providers::storage::{is_safe_segment, magic_matches, ObjectType, SignedQuery};
+use crate::providers::s3::object_name;
+use crate::providers::storage::{
+    is_safe_segment, magic_matches, thumbnail_png, FileStore, ObjectType, SignedQuery,
+};
 use crate::state::AppState;
 
 pub const MAX_ITEMS: usize = 10;
@@ -229,8 +232,11 @@ async fn receive(
     if !is_safe_segment(&user_id) || !is_safe_segment(&key) {
         return Err(ApiError::not_found("file"));
     }
-    let (mime, max) = state
+    let local = state
         .files
+        .local()
+        .ok_or_else(|| ApiError::not_found("route"))?;
+    let (mime, max) = local
         .verify_upload(&user_id, &key, &query)
         .map_err(refused)?;
     let too_large = || {
@@ -287,13 +293,13 @@ async fn receive(
         ));
     };
 
-    let dir = state.files.user_dir(&user_id);
+    let dir = local.user_dir(&user_id);
     let io = |e: std::io::Error| {
         tracing::error!(error = %e, "file store");
         ApiError::internal()
     };
     tokio::fs::create_dir_all(&dir).await.map_err(io)?;
-    let final_path = state.files.path(&user_id, &key, false);
+    let final_path = local.path(&user_id, &key, false);
     let partial = dir.join(format!(".{key}.{}.part", uuid::Uuid::new_v4().simple()));
     let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
     let mut size: u64 = 0;
@@ -330,7 +336,7 @@ async fn receive(
     let mut thumbnail = false;
     if object_type == ObjectType::Picture {
         let source = final_path.clone();
-        let target = state.files.path(&user_id, &key, true);
+        let target = local.path(&user_id, &key, true);
         let made = tokio::task::spawn_blocking(move || -> Result<(), image::ImageError> {
             image::open(&source)?
                 .thumbnail(THUMBNAIL_PX, THUMBNAIL_PX)
@@ -378,10 +384,11 @@ pub async fn read(
     if !is_safe_segment(&user_id) || !is_safe_segment(&key) {
         return Err(ApiError::not_found("file"));
     }
-    let small = state
+    let local = state
         .files
-        .verify_read(&user_id, &key, &query)
-        .map_err(refused)?;
+        .local()
+        .ok_or_else(|| ApiError::not_found("route"))?;
+    let small = local.verify_read(&user_id, &key, &query).map_err(refused)?;
     let mime: Option<String> = with_pool!(&state.store.db, pool => {
         sqlx::query_scalar("SELECT mime_type FROM files WHERE user_id = $1 AND key = $2 AND status = 'uploaded'")
             .bind(&user_id)
@@ -391,7 +398,7 @@ pub async fn read(
     });
     let mime = mime.ok_or_else(|| ApiError::not_found("file"))?;
     let mime = if small { "image/png".to_string() } else { mime };
-    let file = NamedFile::open_async(state.files.path(&user_id, &key, small))
+    let file = NamedFile::open_async(local.path(&user_id, &key, small))
         .await
         .map_err(|_| ApiError::not_found("file"))?;
     let content_type = mime.parse().map_err(|_| ApiError::internal())?;
@@ -442,6 +449,7 @@ pub async fn my_files(
     query: web::Query<FilesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     check_dir(&who, query.file_dir_path.as_deref())?;
+    confirm_uploads(&state, &who.user_id).await?;
     let rows: Vec<(String, String, String, bool)> = with_pool!(&state.store.db, pool => {
         sqlx::query_as("SELECT key, object_type, mime_type, has_thumbnail FROM files
                          WHERE user_id = $1 AND status = 'uploaded' ORDER BY uploaded_at, key")
@@ -475,16 +483,110 @@ pub async fn forget_unused_reservations(db: &Db) -> Result<u64, sqlx::Error> {
 
 /// Deletes every file of a user (account deletion).
 pub async fn delete_all(state: &AppState, user_id: &str) -> Result<(), ApiError> {
+    let keys: Vec<String> = with_pool!(&state.store.db, pool => {
+        sqlx::query_scalar("SELECT key FROM files WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?
+    });
+    match &state.files {
+        FileStore::Local(local) => match tokio::fs::remove_dir_all(local.user_dir(user_id)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::error!(%error, "deleting a user's files");
+                return Err(ApiError::internal());
+            }
+        },
+        FileStore::S3(s3) => {
+            for key in &keys {
+                for small in [false, true] {
+                    s3.delete(&object_name(user_id, key, small))
+                        .await
+                        .map_err(|error| {
+                            tracing::error!(%error, "deleting a user's files from S3");
+                            ApiError::unavailable("the file store is unavailable; try again")
+                        })?;
+                }
+            }
+        }
+    }
     with_pool!(&state.store.db, pool => {
         sqlx::query("DELETE FROM files WHERE user_id = $1").bind(user_id).execute(pool).await.map(|_| ())
     })?;
-    let dir = state.files.user_dir(user_id);
-    match tokio::fs::remove_dir_all(&dir).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(error) => {
-            tracing::error!(%error, "deleting a user's files");
-            Err(ApiError::internal())
+    Ok(())
+}
+
+/// S3 only: uploads go straight to the bucket, so a pending file is checked the first time it
+/// is used: there, within its size limit, of its declared type (Content-Type and first bytes);
+/// pictures then get their thumbnail. A file that breaks a rule is deleted.
+pub async fn confirm_uploads(state: &AppState, user_id: &str) -> Result<(), ApiError> {
+    let FileStore::S3(s3) = &state.files else {
+        return Ok(());
+    };
+    let pending: Vec<(String, String, String)> = with_pool!(&state.store.db, pool => {
+        sqlx::query_as("SELECT key, object_type, mime_type FROM files WHERE user_id = $1 AND status = 'pending'")
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?
+    });
+    let unavailable = |error: anyhow::Error| {
+        tracing::warn!(%error, "S3 check failed");
+        ApiError::unavailable("the file store is unavailable; try again")
+    };
+    for (key, object_type, mime) in pending {
+        let Some(object_type) = ObjectType::parse(&object_type) else {
+            continue;
+        };
+        let name = object_name(user_id, &key, false);
+        let Some((size, content_type)) = s3.head(&name).await.map_err(unavailable)? else {
+            continue; // not uploaded (yet)
+        };
+        let mut thumbnail = None;
+        let mut ok = size > 0 && size <= object_type.max_bytes() && content_type == mime;
+        if ok && !mime.starts_with("video/") {
+            let bytes = s3.get(&name).await.map_err(unavailable)?;
+            ok = magic_matches(&mime, &bytes);
+            if ok && object_type == ObjectType::Picture {
+                match tokio::task::spawn_blocking(move || thumbnail_png(&bytes, THUMBNAIL_PX)).await
+                {
+                    Ok(Ok(png)) => thumbnail = Some(png),
+                    _ => ok = false,
+                }
+            }
         }
+        if !ok {
+            s3.delete(&name).await.map_err(unavailable)?;
+            with_pool!(&state.store.db, pool => {
+                sqlx::query("DELETE FROM files WHERE user_id = $1 AND key = $2")
+                    .bind(user_id)
+                    .bind(&key)
+                    .execute(pool)
+                    .await
+                    .map(|_| ())
+            })?;
+            continue;
+        }
+        let has_thumbnail = thumbnail.is_some();
+        if let Some(png) = thumbnail {
+            s3.put(&object_name(user_id, &key, true), png, "image/png")
+                .await
+                .map_err(unavailable)?;
+        }
+        with_pool!(&state.store.db, pool => {
+            sqlx::query(
+                "UPDATE files SET status = 'uploaded', size_bytes = $3, has_thumbnail = $4, uploaded_at = $5
+                  WHERE user_id = $1 AND key = $2",
+            )
+            .bind(user_id)
+            .bind(&key)
+            .bind(size as i64)
+            .bind(has_thumbnail)
+            .bind(Utc::now())
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })?;
     }
+    Ok(())
 }

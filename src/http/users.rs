@@ -95,6 +95,12 @@ pub async fn update_profile(
     body: &ProfileBody,
 ) -> Result<Value, ApiError> {
     let key = user_key(state, &who.user_id).await?;
+    if [&body.picture, &body.video, &body.certificate]
+        .iter()
+        .any(|f| f.is_some())
+    {
+        super::files::confirm_uploads(state, &who.user_id).await?;
+    }
     let request = profile::parse(&state.store.db, &who.user_id, &key, body).await?;
     let at = Utc::now();
     if !request.changes.is_empty() {

@@ -3,4 +3,5 @@
 
 pub mod background;
 pub mod mail;
+pub mod s3;
 pub mod storage;

@@ -216,6 +216,28 @@ impl LocalFiles {
         };
         self.user_dir(user_id).join(name)
     }
+}
+
+/// The configured store: the local one, or an S3-compatible bucket.
+pub enum FileStore {
+    Local(LocalFiles),
+    S3(super::s3::S3Files),
+}
+
+impl FileStore {
+    pub fn upload_url(&self, user_id: &str, key: &str, mime: &str, max: u64) -> String {
+        match self {
+            FileStore::Local(local) => local.upload_url(user_id, key, mime, max),
+            FileStore::S3(s3) => s3.upload_url(user_id, key, mime),
+        }
+    }
+
+    pub fn read_url(&self, user_id: &str, key: &str, small: bool) -> String {
+        match self {
+            FileStore::Local(local) => local.read_url(user_id, key, small),
+            FileStore::S3(s3) => s3.read_url(user_id, key, small),
+        }
+    }
 
     /// Replaces placeholder file URLs anywhere in `value` with signed read URLs.
     pub fn sign_urls(&self, value: &mut Value) {
@@ -236,6 +258,22 @@ impl LocalFiles {
             _ => {}
         }
     }
+
+    pub fn local(&self) -> Option<&LocalFiles> {
+        match self {
+            FileStore::Local(local) => Some(local),
+            FileStore::S3(_) => None,
+        }
+    }
+}
+
+/// A PNG thumbnail of at most `px` on each side.
+pub fn thumbnail_png(bytes: &[u8], px: u32) -> Result<Vec<u8>, image::ImageError> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::load_from_memory(bytes)?
+        .thumbnail(px, px)
+        .write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
@@ -317,7 +355,7 @@ mod tests {
 
     #[test]
     fn placeholders_are_signed_everywhere() {
-        let s = store();
+        let s = FileStore::Local(store());
         let mut v = serde_json::json!({"a": [{"url": "talkamie-file:u1/me.png#sm"}], "b": "plain"});
         s.sign_urls(&mut v);
         let url = v["a"][0]["url"].as_str().unwrap();

@@ -9,5 +9,6 @@ mod errors;
 mod files;
 mod instances;
 mod profiles;
+mod s3;
 mod store;
 mod ws;
