@@ -14,7 +14,7 @@ use super::envelope::{created, ok, ApiError};
 use super::otp::OTP_INVALID;
 use super::validate::Problems;
 use crate::accounts;
-use crate::auth::otp::{self as codes, OtpPurpose};
+use crate::auth::otp::OtpPurpose;
 use crate::auth::tokens::TokenKind;
 use crate::auth::{password, Authenticated};
 use crate::ratelimit;
@@ -338,12 +338,8 @@ pub async fn reset_password(
     body: web::Json<ResetPasswordBody>,
 ) -> Result<HttpResponse, ApiError> {
     let mut problems = Problems::default();
-    let email = problems.required("email", &body.email).trim().to_string();
-    problems.check_email("email", &email);
-    let code = problems.required("code", &body.code).trim().to_string();
-    if !code.is_empty() && !codes::is_well_formed(&code) {
-        problems.add("code", "must be 6 digits");
-    }
+    let email = problems.email("email", &body.email);
+    let code = problems.otp_code("code", &body.code);
     let new_password = problems
         .required("newPassword", &body.new_password)
         .to_string();

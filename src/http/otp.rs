@@ -169,12 +169,8 @@ pub async fn verify_code(
     body: web::Json<OtpVerifyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let mut problems = Problems::default();
-    let email = problems.required("email", &body.email).trim().to_string();
-    problems.check_email("email", &email);
-    let code = problems.required("code", &body.code).trim().to_string();
-    if !code.is_empty() && !codes::is_well_formed(&code) {
-        problems.add("code", "must be 6 digits");
-    }
+    let email = problems.email("email", &body.email);
+    let code = problems.otp_code("code", &body.code);
     let purpose = parse_purpose(&mut problems, &body.purpose);
     problems.finish()?;
     let purpose = purpose.ok_or_else(ApiError::internal)?;

@@ -39,6 +39,22 @@ impl Problems {
         }
     }
 
+    /// A required email, trimmed and checked.
+    pub fn email(&mut self, field: &str, value: &Option<String>) -> String {
+        let email = self.required(field, value).trim().to_string();
+        self.check_email(field, &email);
+        email
+    }
+
+    /// A required one-time code: exactly six digits.
+    pub fn otp_code(&mut self, field: &str, value: &Option<String>) -> String {
+        let code = self.required(field, value).trim().to_string();
+        if !code.is_empty() && !crate::auth::otp::is_well_formed(&code) {
+            self.add(field, "must be 6 digits");
+        }
+        code
+    }
+
     pub fn check_length(&mut self, field: &str, value: &str, min: usize, max: usize) {
         let n = value.trim().chars().count();
         if n < min || n > max {
