@@ -23,7 +23,7 @@ use super::validate::Problems;
 use crate::auth::Authenticated;
 use crate::providers::s3::object_name;
 use crate::providers::storage::{
-    is_safe_segment, magic_matches, thumbnail_png, FileStore, ObjectType, SignedQuery,
+    is_safe_segment, magic_matches, thumbnail_png, FileStore, LocalFiles, ObjectType, SignedQuery,
 };
 use crate::state::AppState;
 
@@ -221,13 +221,11 @@ pub async fn upload(
         .unwrap_or_else(closing)
 }
 
-async fn receive(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+/// The local store and a file's path segments, checked (404 otherwise, and with S3).
+fn local_object(
+    state: &AppState,
     path: web::Path<(String, String)>,
-    query: web::Query<SignedQuery>,
-    mut payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<(&LocalFiles, String, String), ApiError> {
     let (user_id, key) = path.into_inner();
     if !is_safe_segment(&user_id) || !is_safe_segment(&key) {
         return Err(ApiError::not_found("file"));
@@ -236,6 +234,17 @@ async fn receive(
         .files
         .local()
         .ok_or_else(|| ApiError::not_found("route"))?;
+    Ok((local, user_id, key))
+}
+
+async fn receive(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<SignedQuery>,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (local, user_id, key) = local_object(&state, path)?;
     let (mime, max) = local
         .verify_upload(&user_id, &key, &query)
         .map_err(refused)?;
@@ -380,14 +389,7 @@ pub async fn read(
     path: web::Path<(String, String)>,
     query: web::Query<SignedQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (user_id, key) = path.into_inner();
-    if !is_safe_segment(&user_id) || !is_safe_segment(&key) {
-        return Err(ApiError::not_found("file"));
-    }
-    let local = state
-        .files
-        .local()
-        .ok_or_else(|| ApiError::not_found("route"))?;
+    let (local, user_id, key) = local_object(&state, path)?;
     let small = local.verify_read(&user_id, &key, &query).map_err(refused)?;
     let mime: Option<String> = with_pool!(&state.store.db, pool => {
         sqlx::query_scalar("SELECT mime_type FROM files WHERE user_id = $1 AND key = $2 AND status = 'uploaded'")
