@@ -4,8 +4,10 @@
 //! (given events / when command / then events or error). Time and ids come in through
 //! the commands, so the rules are deterministic.
 
+pub mod alert_inbox;
 pub mod email_claim;
 pub mod otp;
+pub mod pair;
 pub mod user;
 
 /// Implements `cqrs_es::DomainEvent` for an externally tagged event enum: the event type is the
