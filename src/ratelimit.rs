@@ -1,5 +1,6 @@
-//! Rate limits on guessable endpoints: sign-in and OTP, per email and per client IP
-//! (the peer address; a proxy in front should be configured to limit by the real client).
+//! Rate limits on guessable endpoints (sign-in and OTP, per email and per client IP: the peer
+//! address; a proxy in front should be configured to limit by the real client) and on chat
+//! messages per sender.
 
 use std::num::NonZeroU32;
 
@@ -13,6 +14,8 @@ pub struct RateLimits {
     pub sign_in_per_ip: DefaultKeyedRateLimiter<String>,
     pub otp_per_email: DefaultKeyedRateLimiter<String>,
     pub otp_per_ip: DefaultKeyedRateLimiter<String>,
+    /// Chat messages per sender, over all their sockets and instances' worth of one process.
+    pub messages_per_user: DefaultKeyedRateLimiter<String>,
 }
 
 fn quota(burst: u32, per_minute: u32) -> Quota {
@@ -30,6 +33,8 @@ impl Default for RateLimits {
             // Codes are mailed: 5 at once per email, then one a minute.
             otp_per_email: RateLimiter::keyed(quota(5, 1)),
             otp_per_ip: RateLimiter::keyed(quota(30, 10)),
+            // A person types far slower; a burst covers a client flushing its outbox.
+            messages_per_user: RateLimiter::keyed(quota(30, 120)),
         }
     }
 }
@@ -50,6 +55,7 @@ impl RateLimits {
             &self.sign_in_per_ip,
             &self.otp_per_email,
             &self.otp_per_ip,
+            &self.messages_per_user,
         ] {
             limiter.retain_recent();
         }

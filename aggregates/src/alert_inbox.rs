@@ -4,9 +4,9 @@
 //! request, a message request, ...), with ids that are stable across rebuilds; this stream only
 //! records which of them the user marked read, so a rebuild restores the read states too.
 
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain_event;

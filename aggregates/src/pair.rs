@@ -137,6 +137,7 @@ pub enum PairEvent {
     /// The chat accepts messages (first opening or reopening), as `chat_type`.
     ChatOpened {
         chat_type: ChatType,
+        members: Vec<String>,
         at: DateTime<Utc>,
     },
     Disconnected {
@@ -388,8 +389,7 @@ impl Aggregate for Pair {
                 });
                 self.last_seq = seq;
             }
-            PairEvent::MessageRequestCanceled { .. }
-            | PairEvent::MessageRequestRejected { .. } => {
+            PairEvent::MessageRequestCanceled { .. } | PairEvent::MessageRequestRejected { .. } => {
                 if let Some(r) = &mut self.message_request {
                     r.status = Status::Closed;
                 }
@@ -473,6 +473,7 @@ fn decide(pair: &Pair, command: PairCommand) -> Result<Vec<PairEvent>, PairError
                 E::ConnectionAccepted { request_id, at },
                 E::ChatOpened {
                     chat_type: ChatType::Connect,
+                    members: pair.members.clone(),
                     at,
                 },
             ]
@@ -520,6 +521,7 @@ fn decide(pair: &Pair, command: PairCommand) -> Result<Vec<PairEvent>, PairError
                 E::MessageRequestAccepted { request_id, at },
                 E::ChatOpened {
                     chat_type: ChatType::Message,
+                    members: pair.members.clone(),
                     at,
                 },
             ]
@@ -620,6 +622,7 @@ mod tests {
             },
             PairEvent::ChatOpened {
                 chat_type: ChatType::Connect,
+                members: vec!["s".into(), "v".into()],
                 at: at(),
             },
         ]
@@ -877,6 +880,7 @@ mod tests {
                 },
                 PairEvent::ChatOpened {
                     chat_type: ChatType::Message,
+                    members: vec!["s".into(), "v".into()],
                     at: at(),
                 },
             ]);

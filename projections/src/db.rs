@@ -71,3 +71,52 @@ impl DbTx {
         }
     }
 }
+
+/// Where a read runs: the pool (HTTP handlers) or an open transaction (the projector, which
+/// renders pushes from the read models it is writing).
+pub enum Source<'a> {
+    Pool(&'a Db),
+    Tx(&'a mut DbTx),
+}
+
+impl<'a> From<&'a Db> for Source<'a> {
+    fn from(db: &'a Db) -> Self {
+        Source::Pool(db)
+    }
+}
+
+impl<'a> From<&'a mut DbTx> for Source<'a> {
+    fn from(tx: &'a mut DbTx) -> Self {
+        Source::Tx(tx)
+    }
+}
+
+/// `with_source!(source, conn => body)`: runs `body` with `conn` bound to an executor of either
+/// store, whether `source` is a pool or a transaction.
+#[macro_export]
+macro_rules! with_source {
+    ($source:expr, $conn:ident => $body:expr) => {
+        match $source {
+            $crate::db::Source::Pool($crate::Db::Sqlite($conn)) => $body,
+            $crate::db::Source::Pool($crate::Db::Postgres($conn)) => $body,
+            $crate::db::Source::Tx($crate::DbTx::Sqlite(tx)) => {
+                let $conn = &mut **tx;
+                $body
+            }
+            $crate::db::Source::Tx($crate::DbTx::Postgres(tx)) => {
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+impl Source<'_> {
+    /// Reborrows, so one source serves several reads in a row.
+    pub fn reborrow(&mut self) -> Source<'_> {
+        match self {
+            Source::Pool(db) => Source::Pool(db),
+            Source::Tx(tx) => Source::Tx(tx),
+        }
+    }
+}

@@ -6,9 +6,15 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::types::Json;
+use talkamie_aggregates::alert_inbox::{AlertInbox, AlertInboxEvent};
+use talkamie_aggregates::pair::PairEvent;
 use talkamie_aggregates::user::{User, UserEvent};
 
-use crate::{users, with_pool, with_tx, Db, DbTx, ProjectionError, StoredEvent};
+use crate::chats::{self, is_pair_event};
+use crate::{
+    alerts, chat_views, relations, users, with_pool, with_tx, Db, DbTx, ProjectionError,
+    StoredEvent,
+};
 
 pub const TABLES: &[&str] = &["feed"];
 pub const RETENTION_DAYS: i64 = 7;
@@ -26,6 +32,12 @@ pub struct FeedRow {
 
 /// Writes the pushes an event causes; returns how many rows it wrote.
 pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+    if is_pair_event(event) {
+        return pair_pushes(tx, event).await;
+    }
+    if event.aggregate_type == <AlertInbox as cqrs_es::Aggregate>::TYPE {
+        return inbox_pushes(tx, event).await;
+    }
     if event.aggregate_type != <User as cqrs_es::Aggregate>::TYPE {
         return Ok(0);
     }
@@ -58,12 +70,195 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projecti
         }
         _ => return Ok(0),
     }
+    user_update(tx, user_id, event.recorded_at).await
+}
+
+/// `user.update` with the user's `extended_user` as it is now.
+async fn user_update(
+    tx: &mut DbTx,
+    user_id: &str,
+    at: DateTime<Utc>,
+) -> Result<usize, ProjectionError> {
     let Some(user) = users::find_by_id_tx(tx, user_id).await? else {
         return Ok(0);
     };
+    if user.is_deleted() {
+        return Ok(0);
+    }
+    let counters = relations::counters(tx.into(), user_id).await?;
     // Pushes go to a connected socket of the user, so `online` is true from their side.
-    let payload = json!({ "user": user.extended(true) });
-    push(tx, user_id, "user.update", &payload, event.recorded_at).await?;
+    let payload = json!({ "user": user.extended(true, &counters) });
+    push(tx, user_id, "user.update", &payload, at).await?;
+    Ok(1)
+}
+
+/// `chat.update` with the chat as `user_id` sees it.
+async fn chat_update(
+    tx: &mut DbTx,
+    chat_id: &str,
+    user_id: &str,
+    at: DateTime<Utc>,
+) -> Result<usize, ProjectionError> {
+    let Some(view) = chats::find_for_member(tx.into(), chat_id, user_id).await? else {
+        return Ok(0);
+    };
+    let online = chat_views::online(tx.into(), &view.other_id).await?;
+    let chat = chat_views::basic_chat(tx.into(), &view, online).await?;
+    push(tx, user_id, "chat.update", &json!({ "chat": chat }), at).await?;
+    Ok(1)
+}
+
+/// `chats.update` for one chat of `user_id`, with the user's unread chat count.
+async fn chats_update(
+    tx: &mut DbTx,
+    chat_id: &str,
+    user_id: &str,
+    at: DateTime<Utc>,
+) -> Result<usize, ProjectionError> {
+    let Some(view) = chats::find_for_member(tx.into(), chat_id, user_id).await? else {
+        return Ok(0);
+    };
+    let online = chat_views::online(tx.into(), &view.other_id).await?;
+    let chat = chat_views::basic_chat(tx.into(), &view, online).await?;
+    let unread_chats = chats::total_unread_chats(tx.into(), user_id).await?;
+    let payload = json!({
+        "chatsMap": { chat_id: chat },
+        "viewer": {"id": user_id, "totalUnreadChats": unread_chats},
+    });
+    push(tx, user_id, "chats.update", &payload, at).await?;
+    Ok(1)
+}
+
+/// `chat.message.new` of one message, for one member (the recipient, or the sender's other
+/// sockets), with that member's unread counts.
+async fn message_new(
+    tx: &mut DbTx,
+    chat_id: &str,
+    message_id: &str,
+    user_id: &str,
+    at: DateTime<Utc>,
+) -> Result<usize, ProjectionError> {
+    let (Some(message), Some(view)) = (
+        chats::message(tx.into(), message_id).await?,
+        chats::find_for_member(tx.into(), chat_id, user_id).await?,
+    ) else {
+        return Ok(0);
+    };
+    let unread_chats = chats::total_unread_chats(tx.into(), user_id).await?;
+    let payload = json!({
+        "chat": {"id": chat_id, "totalUnreadMessages": view.unread_count},
+        "message": message.to_json(),
+        "viewer": {"id": user_id, "totalUnreadChats": unread_chats},
+    });
+    push(tx, user_id, "chat.message.new", &payload, at).await?;
+    Ok(1)
+}
+
+/// The pushes of a Pair event: alerts it created or changed, then the chat traffic.
+async fn pair_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+    let at = event.recorded_at;
+    let chat_id = event.aggregate_id.as_str();
+    let mut written = 0;
+    for alert in alerts::changed_at(tx.into(), event.position).await? {
+        let action = if alert.created_position == event.position {
+            "alert.new"
+        } else {
+            "alert.update"
+        };
+        let payload = json!({ "alert": alert.to_json() });
+        push(tx, &alert.user_id, action, &payload, at).await?;
+        written += 1;
+    }
+    let members = chats::members(tx.into(), chat_id).await?;
+    match event.decode::<PairEvent>()? {
+        PairEvent::ConnectionRequested { from, to, .. } => {
+            written += user_update(tx, &to, at).await?;
+            written += user_update(tx, &from, at).await?;
+        }
+        PairEvent::ConnectionRequestCanceled { request_id, .. }
+        | PairEvent::ConnectionRequestRejected { request_id, .. }
+        | PairEvent::ConnectionAccepted { request_id, .. } => {
+            if let Some(request) = chats::connect_request(tx.into(), &request_id).await? {
+                written += user_update(tx, &request.to_id, at).await?;
+                written += user_update(tx, &request.from_id, at).await?;
+            }
+        }
+        PairEvent::ChatOpened { members, .. } => {
+            for member in &members {
+                written += chat_update(tx, chat_id, member, at).await?;
+            }
+        }
+        PairEvent::Disconnected { .. } => {
+            for member in &members {
+                written += chat_update(tx, chat_id, member, at).await?;
+                written += user_update(tx, member, at).await?;
+            }
+        }
+        PairEvent::MessageRequested {
+            message_id,
+            from,
+            to,
+            ..
+        } => {
+            written += message_new(tx, chat_id, &message_id, &to, at).await?;
+            written += message_new(tx, chat_id, &message_id, &from, at).await?;
+            written += chats_update(tx, chat_id, &to, at).await?;
+            written += user_update(tx, &to, at).await?;
+        }
+        PairEvent::MessageRequestCanceled { .. }
+        | PairEvent::MessageRequestRejected { .. }
+        | PairEvent::MessageRequestAccepted { .. } => {
+            for member in &members {
+                written += chat_update(tx, chat_id, member, at).await?;
+                written += user_update(tx, member, at).await?;
+            }
+        }
+        PairEvent::MessageSent {
+            message_id, sender, ..
+        } => {
+            for member in &members {
+                written += message_new(tx, chat_id, &message_id, member, at).await?;
+                if *member != sender {
+                    written += chats_update(tx, chat_id, member, at).await?;
+                }
+            }
+        }
+        PairEvent::MessagesDelivered { member, .. } | PairEvent::MessagesRead { member, .. } => {
+            let changed = chats::receipts_at(tx.into(), chat_id, event.position).await?;
+            if !changed.is_empty() {
+                let map: serde_json::Map<String, Value> = changed
+                    .iter()
+                    .map(|m| {
+                        let delivery = json!({"status": m.delivery_status, "at": relations::iso(m.delivery_at)});
+                        (m.id.clone(), delivery)
+                    })
+                    .collect();
+                let payload = json!({ "chat": {"id": chat_id}, "messagesMap": map });
+                for user in &members {
+                    push(tx, user, "chat.messages.update", &payload, at).await?;
+                    written += 1;
+                }
+            }
+            written += chats_update(tx, chat_id, &member, at).await?;
+        }
+    }
+    Ok(written)
+}
+
+/// Alerts read on one socket: every socket of the user learns it.
+async fn inbox_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+    let AlertInboxEvent::AlertsRead { alert_ids, .. } = event.decode()?;
+    let user_id = event.aggregate_id.as_str();
+    let unread = alerts::total_unread(tx.into(), user_id).await?;
+    let map: serde_json::Map<String, Value> = alert_ids
+        .into_iter()
+        .map(|id| (id, json!({"status": "read"})))
+        .collect();
+    let payload = json!({
+        "alertsMap": map,
+        "viewer": {"id": user_id, "totalUnreadAlerts": unread},
+    });
+    push(tx, user_id, "alerts.update", &payload, event.recorded_at).await?;
     Ok(1)
 }
 

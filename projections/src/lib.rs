@@ -5,12 +5,16 @@
 //! transaction, and drops errors. Instead the projector reads the log after a checkpoint and
 //! applies a batch plus the new checkpoint in one transaction.
 
+pub mod alerts;
+pub mod chat_views;
+pub mod chats;
 pub mod db;
 pub mod directory;
 pub mod feed;
 pub mod log;
 pub mod profiles;
 pub mod projector;
+pub mod relations;
 pub mod sealing;
 pub mod users;
 

@@ -2,9 +2,12 @@
 //! rendered from a `users` row for a given reader. Parts that later features fill in (reviews,
 //! availability, ledger, connections, chats) have their empty shape until then.
 
+use std::collections::HashMap;
+
 use chrono::{Datelike, NaiveDate, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
+use crate::relations::{Counters, Relation};
 use crate::users::UserRecord;
 
 /// Who is looking, and what they may see (contract section 13 meta levels).
@@ -12,8 +15,8 @@ use crate::users::UserRecord;
 pub struct Reader {
     pub id: Option<String>,
     pub is_admin: bool,
-    /// The reader is connected with the user (filled in when connections land).
-    pub connected: bool,
+    /// The reader's relation to the users being rendered (see `relations::relations`).
+    pub relations: HashMap<String, Relation>,
 }
 
 impl Reader {
@@ -21,8 +24,21 @@ impl Reader {
         Reader {
             id: Some(id.to_string()),
             is_admin,
-            connected: false,
+            relations: HashMap::new(),
         }
+    }
+
+    pub fn with_relations(mut self, relations: HashMap<String, Relation>) -> Reader {
+        self.relations = relations;
+        self
+    }
+
+    fn relation(&self, user_id: &str) -> Option<&Relation> {
+        self.relations.get(user_id)
+    }
+
+    pub fn connected_with(&self, user_id: &str) -> bool {
+        self.relation(user_id).is_some_and(|r| r.connected)
     }
 
     fn is(&self, user_id: &str) -> bool {
@@ -35,7 +51,7 @@ impl Reader {
             4
         } else if self.is(user_id) {
             3
-        } else if self.connected {
+        } else if self.connected_with(user_id) {
             2
         } else if self.id.is_some() {
             1
@@ -125,11 +141,21 @@ impl UserRecord {
         Value::Object(out)
     }
 
+    /// The reader's relation to this user: `{id, chat?, connectRequest?, review?}`.
     fn viewer(&self, reader: &Reader) -> Value {
-        match &reader.id {
-            Some(id) => json!({ "id": id }),
-            None => Value::Null,
+        let Some(id) = &reader.id else {
+            return Value::Null;
+        };
+        let mut viewer = json!({ "id": id });
+        if let Some(relation) = reader.relation(&self.id) {
+            if let Some(chat) = &relation.chat {
+                viewer["chat"] = chat.clone();
+            }
+            if let Some(request) = &relation.connect_request {
+                viewer["connectRequest"] = request.clone();
+            }
         }
+        viewer
     }
 
     /// `basic_user`, as `reader` sees it.
@@ -184,7 +210,7 @@ impl UserRecord {
                 Value::Null
             },
             "visibility": self.visibility,
-            "totalConnections": 0,
+            "totalConnections": reader.relation(&self.id).map_or(0, |r| r.total_connections),
             "metas": self.metas_for(reader.meta_level(&self.id)),
             "insertDate": iso(self.insert_date),
             "lastLoginDate": self.last_login_date.map(iso),
@@ -194,7 +220,7 @@ impl UserRecord {
     }
 
     /// `extended_user`: what a user sees of themself.
-    pub fn extended(&self, online: bool) -> Value {
+    pub fn extended(&self, online: bool, counters: &Counters) -> Value {
         let reader = Reader::user(&self.id, self.user_type == "admin");
         let mut user = self.full(&reader, online);
         let max_duration = match self.max_call_duration {
@@ -213,9 +239,10 @@ impl UserRecord {
             "dailyInfo": {"totalCalls": 0},
             "timezoneOffset": self.timezone_offset.unwrap_or(0),
             "timezone": self.timezone,
-            "totalPendingRequests": 0,
-            "totalUnreadAlerts": 0,
-            "totalUnreadChats": 0,
+            "totalConnections": counters.total_connections,
+            "totalPendingRequests": counters.total_pending_requests,
+            "totalUnreadAlerts": counters.total_unread_alerts,
+            "totalUnreadChats": counters.total_unread_chats,
             "verification": {
                 "verified": self.verified(),
                 "basic": {"status": self.verification_basic()},
@@ -284,10 +311,13 @@ mod tests {
         let anyone = Reader::default();
         assert_eq!(anyone.meta_level("u"), 0);
         assert_eq!(Reader::user("x", false).meta_level("u"), 1);
-        let connected = Reader {
-            connected: true,
-            ..Reader::user("x", false)
-        };
+        let connected = Reader::user("x", false).with_relations(HashMap::from([(
+            "u".to_string(),
+            Relation {
+                connected: true,
+                ..Relation::default()
+            },
+        )]));
         assert_eq!(connected.meta_level("u"), 2);
         assert_eq!(Reader::user("u", false).meta_level("u"), 3);
         assert_eq!(Reader::user("a", true).meta_level("u"), 4);

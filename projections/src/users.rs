@@ -433,6 +433,17 @@ pub async fn find_by_id(db: &Db, id: &str) -> Result<Option<UserRecord>, sqlx::E
     with_pool!(db, pool => sqlx::query_as::<_, UserRecord>(&sql).bind(id).fetch_optional(pool).await)
 }
 
+/// A user row, read from the pool or from an open transaction.
+pub async fn find(
+    source: crate::db::Source<'_>,
+    id: &str,
+) -> Result<Option<UserRecord>, sqlx::Error> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+    crate::with_source!(source, conn => {
+        sqlx::query_as::<_, UserRecord>(&sql).bind(id).fetch_optional(conn).await
+    })
+}
+
 /// Renders inside a projector transaction (the feed renders pushes from the same state).
 pub async fn find_by_id_tx(tx: &mut DbTx, id: &str) -> Result<Option<UserRecord>, sqlx::Error> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use talkamie_aggregates::user::{UserCommand, VerificationStatus, VerificationStep};
 use talkamie_projections::directory::{self, like, Arg, Where};
 use talkamie_projections::profiles::Reader;
+use talkamie_projections::relations;
 use talkamie_projections::users::{self, UserRecord};
 use utoipa::{IntoParams, ToSchema};
 
@@ -88,8 +89,9 @@ pub async fn users_list(
     let has_more = rows.len() as i64 > pager.page_size;
     rows.truncate(pager.page_size as usize);
     let last_key = rows.last().map(user_sort_key);
-    let reader = Reader::user(&admin.id, true);
     let ids: Vec<String> = rows.iter().map(|u| u.id.clone()).collect();
+    let relations = relations::relations((&state.store.db).into(), &admin.id, &ids).await?;
+    let reader = Reader::user(&admin.id, true).with_relations(relations);
     let online = state.hub.online(&state.store.db, &ids).await;
     let mut data: Vec<Value> = rows
         .iter()
@@ -128,7 +130,7 @@ async fn verification_of(state: &AppState, user_id: &str) -> Result<Value, ApiEr
     let user = users::find_by_id(&state.store.db, user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(user.extended(false)["verification"].clone())
+    Ok(user.extended(false, &Default::default())["verification"].clone())
 }
 
 async fn set_verification(

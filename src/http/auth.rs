@@ -6,7 +6,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use talkamie_aggregates::user::{User, UserCommand, UserError, UserEvent, UserType};
-use talkamie_projections::{sealing, users};
+use talkamie_projections::{relations, sealing, users};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -106,7 +106,8 @@ pub async fn extended_user(state: &AppState, user_id: &str) -> Result<Value, Api
         .hub
         .online(&state.store.db, std::slice::from_ref(&user.id))
         .await;
-    let mut user = user.extended(online.contains(user_id));
+    let counters = relations::counters((&state.store.db).into(), user_id).await?;
+    let mut user = user.extended(online.contains(user_id), &counters);
     state.files.sign_urls(&mut user);
     Ok(user)
 }

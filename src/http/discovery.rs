@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use talkamie_projections::directory::{self, like, Arg, Where, VOLUNTEER_VERIFIED_SQL};
 use talkamie_projections::profiles::Reader;
+use talkamie_projections::relations;
 use talkamie_projections::users::UserRecord;
 use utoipa::IntoParams;
 
@@ -69,11 +70,16 @@ fn filters(reader: &UserRecord, q: &UsersQuery) -> Result<Where, ApiError> {
     w.push("id <> ?", vec![text(&reader.id)]);
     if reader.user_type != "admin" {
         w.push("type <> 'admin'", vec![]);
-        // `matches` needs connections, which do not exist yet: such profiles stay hidden.
         w.push(
             "visibility = 'public' OR (visibility = 'volunteers' AND ? = 'volunteer')
-             OR (visibility = 'seniors' AND ? = 'senior')",
-            vec![text(&reader.user_type), text(&reader.user_type)],
+             OR (visibility = 'seniors' AND ? = 'senior')
+             OR (visibility = 'matches'
+                 AND id IN (SELECT other_id FROM connections WHERE user_id = ?))",
+            vec![
+                text(&reader.user_type),
+                text(&reader.user_type),
+                text(&reader.id),
+            ],
         );
     }
     if reader.user_type == "senior" {
@@ -186,8 +192,9 @@ pub async fn list_users(
     let has_more = rows.len() as i64 > pager.page_size;
     rows.truncate(pager.page_size as usize);
     let last_key = rows.last().map(user_sort_key);
-    let reader = Reader::user(&reader.id, reader.user_type == "admin");
     let ids: Vec<String> = rows.iter().map(|u| u.id.clone()).collect();
+    let relations = relations::relations((&state.store.db).into(), &reader.id, &ids).await?;
+    let reader = Reader::user(&reader.id, reader.user_type == "admin").with_relations(relations);
     let online = state.hub.online(&state.store.db, &ids).await;
     let mut data: Vec<Value> = rows
         .iter()

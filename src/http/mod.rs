@@ -2,8 +2,11 @@
 //! rules every request shares (JSON limits, 404/405/413 in the envelope, OpenAPI).
 
 pub mod admin;
+pub mod alerts;
 pub mod auth;
 pub mod catalogs;
+pub mod chats;
+pub mod connections;
 pub mod discovery;
 pub mod envelope;
 pub mod files;
@@ -80,7 +83,25 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(users::get_user)
         .service(users::put_user)
         .service(users::delete_user)
-        .service(users::change_password);
+        .service(users::change_password)
+        .service(connections::send_request)
+        .service(connections::cancel_request)
+        .service(connections::accept_request)
+        .service(connections::reject_request)
+        .service(connections::disconnect)
+        .service(connections::pending)
+        .service(connections::connected_users)
+        .service(connections::send_message_request)
+        .service(connections::cancel_message_request)
+        .service(connections::accept_message_request)
+        .service(connections::reject_message_request)
+        .service(chats::list_chats)
+        .service(chats::unread_chats)
+        .service(chats::pending_chats)
+        .service(chats::frequent_chats)
+        .service(chats::get_chat)
+        .service(chats::chat_messages)
+        .service(alerts::list_alerts);
 }
 
 /// The OpenAPI document of [`routes`].

@@ -107,6 +107,16 @@ impl<'a> Pager<'a> {
 
 /// Decodes the `(insertDate, id)` keyset of the user lists.
 pub fn user_keyset(key: Option<Value>) -> Result<Option<(DateTime<Utc>, String)>, ApiError> {
+    time_id_keyset(key)
+}
+
+/// The `[time, id]` keyset of lists ordered by a timestamp and an id.
+pub fn time_id_sort_key(at: DateTime<Utc>, id: &str) -> Value {
+    json!([at.to_rfc3339_opts(SecondsFormat::Nanos, true), id])
+}
+
+/// Decodes a `[time, id]` keyset (the inverse of [`time_id_sort_key`]).
+pub fn time_id_keyset(key: Option<Value>) -> Result<Option<(DateTime<Utc>, String)>, ApiError> {
     let Some(key) = key else { return Ok(None) };
     let at = key[0]
         .as_str()

@@ -7,6 +7,7 @@ use serde_json::Value;
 use talkamie_aggregates::email_claim::{EmailClaim, EmailClaimCommand};
 use talkamie_aggregates::user::UserCommand;
 use talkamie_projections::profiles::Reader;
+use talkamie_projections::relations;
 use talkamie_projections::users::{self, UserRecord};
 use talkamie_projections::{sealing, with_pool, Db};
 use utoipa::ToSchema;
@@ -41,9 +42,9 @@ fn own_id(who: &Authenticated, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Whether `reader` may see `target` at all (section 2 visibility rules). Connections do not
-/// exist yet, so `matches` profiles are visible only to themselves and admins for now.
-pub fn may_see(reader: &UserRecord, target: &UserRecord) -> bool {
+/// Whether `reader` may see `target` at all (section 2 visibility rules); `connected` says
+/// whether the two are connected (for `matches`).
+pub fn may_see(reader: &UserRecord, target: &UserRecord, connected: bool) -> bool {
     if reader.id == target.id || reader.user_type == "admin" {
         return true;
     }
@@ -57,6 +58,7 @@ pub fn may_see(reader: &UserRecord, target: &UserRecord) -> bool {
         "public" => true,
         "volunteers" => reader.user_type == "volunteer",
         "seniors" => reader.user_type == "senior",
+        "matches" => connected,
         _ => false,
     }
 }
@@ -67,23 +69,23 @@ pub async fn user_as_seen_by(
     reader: &UserRecord,
     id: &str,
 ) -> Result<Value, ApiError> {
+    if id == reader.id {
+        return super::auth::extended_user(state, id).await;
+    }
+    let relations =
+        relations::relations((&state.store.db).into(), &reader.id, &[id.to_string()]).await?;
+    let connected = relations.get(id).is_some_and(|r| r.connected);
     let target = users::find_by_id(&state.store.db, id)
         .await?
-        .filter(|target| may_see(reader, target))
+        .filter(|target| may_see(reader, target, connected))
         .ok_or_else(|| ApiError::not_found("user"))?;
     let online = state
         .hub
         .online(&state.store.db, std::slice::from_ref(&target.id))
         .await
         .contains(id);
-    let mut user = if target.id == reader.id {
-        target.extended(online)
-    } else {
-        target.full(
-            &Reader::user(&reader.id, reader.user_type == "admin"),
-            online,
-        )
-    };
+    let reader = Reader::user(&reader.id, reader.user_type == "admin").with_relations(relations);
+    let mut user = target.full(&reader, online);
     state.files.sign_urls(&mut user);
     Ok(user)
 }

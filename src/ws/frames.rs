@@ -13,16 +13,35 @@ pub struct FrameId {
     pub request_id: Value,
 }
 
-pub fn reply(id: &FrameId, data: Value) -> String {
-    json!({
+/// What an action answers: its data and, for lists, the page's `pagination`.
+#[derive(Debug)]
+pub struct Reply {
+    pub data: Value,
+    pub pagination: Option<Value>,
+}
+
+impl From<Value> for Reply {
+    fn from(data: Value) -> Self {
+        Reply {
+            data,
+            pagination: None,
+        }
+    }
+}
+
+pub fn reply(id: &FrameId, reply: Reply) -> String {
+    let mut frame = json!({
         "action": id.action,
         "requestId": id.request_id,
         "success": true,
         "statusCode": 200,
         "message": "OK",
-        "data": data,
-    })
-    .to_string()
+        "data": reply.data,
+    });
+    if let Some(pagination) = reply.pagination {
+        frame["pagination"] = pagination;
+    }
+    frame.to_string()
 }
 
 pub fn error(id: &FrameId, error: &ApiError) -> String {

@@ -18,13 +18,14 @@ use talkamie_projections::profiles::FILE_URL_SCHEME;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::frames::{self, FrameId};
+use super::frames::{self, FrameId, Reply};
 use crate::auth::extractor::{authenticate, bearer};
 use crate::auth::Authenticated;
 use crate::http::auth::extended_user;
 use crate::http::envelope::ApiError;
 use crate::http::profile::ProfileBody;
 use crate::http::users::update_profile;
+use crate::http::{alerts, chats};
 use crate::state::AppState;
 
 /// Frames (and reassembled fragmented messages) above this are refused.
@@ -247,11 +248,11 @@ impl Socket {
     }
 
     /// Runs one action. `Ok(None)` means the reply was already sent (authenticate + replay).
-    async fn dispatch(&mut self, action: &str, frame: Value) -> Result<Option<Value>, ApiError> {
+    async fn dispatch(&mut self, action: &str, frame: Value) -> Result<Option<Reply>, ApiError> {
         match action {
             "ping" => {
                 let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-                return Ok(Some(json!({ "pong": true, "serverTime": now })));
+                return Ok(Some(json!({ "pong": true, "serverTime": now }).into()));
             }
             "authenticate" => return self.on_authenticate(&frame).await.map(|_| None),
             _ => {}
@@ -261,7 +262,7 @@ impl Socket {
         };
         let who = feed.who.clone();
         match action {
-            "user.me" => Ok(Some(extended_user(&self.state, &who.user_id).await?)),
+            "user.me" => Ok(Some(extended_user(&self.state, &who.user_id).await?.into())),
             "user.get" => {
                 let user_id = frame
                     .get("userId")
@@ -269,14 +270,36 @@ impl Socket {
                     .ok_or_else(|| ApiError::invalid(json!({ "userId": "is required" })))?;
                 let reader = crate::http::users::me(&self.state, &who).await?;
                 Ok(Some(
-                    crate::http::users::user_as_seen_by(&self.state, &reader, user_id).await?,
+                    crate::http::users::user_as_seen_by(&self.state, &reader, user_id)
+                        .await?
+                        .into(),
                 ))
             }
             "user.update" => {
                 let body: ProfileBody = serde_json::from_value(frame)
                     .map_err(|e| ApiError::invalid(json!({ "frame": e.to_string() })))?;
-                Ok(Some(update_profile(&self.state, &who, &body).await?))
+                Ok(Some(update_profile(&self.state, &who, &body).await?.into()))
             }
+            "chat.message.send" => Ok(Some(
+                chats::send_message(&self.state, &who, &frame).await?.into(),
+            )),
+            "chat.messages.get" => {
+                let (data, pagination) = chats::get_messages(&self.state, &who, &frame).await?;
+                Ok(Some(Reply {
+                    data,
+                    pagination: Some(pagination),
+                }))
+            }
+            "chat.messages.update" => Ok(Some(
+                chats::update_messages(&self.state, &who, &frame)
+                    .await?
+                    .into(),
+            )),
+            "alerts.update" => Ok(Some(
+                alerts::update_alerts(&self.state, &who, &frame)
+                    .await?
+                    .into(),
+            )),
             _ => Err(ApiError::new(
                 actix_web::http::StatusCode::NOT_FOUND,
                 "unknown_action",
@@ -314,7 +337,7 @@ impl Socket {
         let mut user = user;
         user["online"] = json!(true);
         if let Err(reason) = self
-            .start_feed_with_reply(who, since, Some(frames::reply(&id, user)))
+            .start_feed_with_reply(who, since, Some(frames::reply(&id, user.into())))
             .await
         {
             let _ = self.session.clone().close(Some(reason)).await;

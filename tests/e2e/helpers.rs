@@ -419,3 +419,11 @@ impl Server {
         (id, access)
     }
 }
+
+impl Server {
+    /// SIGKILL: the process dies at once, mid-work, like a crashed machine.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

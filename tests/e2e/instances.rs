@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{unique_email, Backend, Server, TestDb};
+use crate::helpers::{unique_email, Backend, Incoming, Server, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_cross_instances() {
@@ -102,4 +102,115 @@ async fn online_is_shared_between_instances() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gone, "closing the socket makes the user offline everywhere");
+}
+
+/// Section 6 across instances: a senior on instance one and a volunteer on instance two chat
+/// with receipts both ways; instance two is SIGKILLed while the senior keeps writing; the
+/// volunteer reconnects to instance one with `since` and gets every missed message exactly
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_across_instances_survives_a_killed_instance() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let one = Server::start(&db).await;
+    let two = Server::start(&db).await;
+    let (senior, s_token, _) = one
+        .sign_up(&unique_email("sen"), "password-1", "senior")
+        .await;
+    let (volunteer, v_token, _) = two
+        .sign_up(&unique_email("vol"), "password-1", "volunteer")
+        .await;
+    let (status, _) = one
+        .call(
+            "POST",
+            &format!("/v1/user/{volunteer}/connection"),
+            Some(&s_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = two
+        .call(
+            "POST",
+            &format!("/v1/user/{senior}/connection/accept"),
+            Some(&v_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let chat = body["data"]["chat"]["id"].as_str().unwrap().to_string();
+
+    let (mut s_ws, _) = one.ws_authenticated(&s_token, None).await;
+    let (mut v_ws, _) = two.ws_authenticated(&v_token, None).await;
+    let send = |text: &str| json!({"action": "chat.message.send", "chatId": chat, "message": {"text": text}});
+
+    // One -> two, with a delivered receipt back.
+    let reply = s_ws.request(send("hello from one")).await;
+    assert_eq!(reply["success"], json!(true), "{reply}");
+    let pushed = v_ws.push("chat.message.new").await;
+    assert_eq!(pushed["data"]["message"]["text"], json!("hello from one"));
+    let mut last_seen = pushed["position"].as_i64().unwrap();
+    let message_id = pushed["data"]["message"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = v_ws
+        .request(json!({"action": "chat.messages.update", "chatId": chat,
+                        "messagesMap": {&message_id: {"status": "read"}}}))
+        .await;
+    assert_eq!(reply["success"], json!(true), "{reply}");
+    let receipt = s_ws.push("chat.messages.update").await;
+    assert_eq!(
+        receipt["data"]["messagesMap"][&message_id]["status"],
+        json!("read")
+    );
+
+    // Two -> one.
+    let reply = v_ws.request(send("hello from two")).await;
+    assert_eq!(reply["success"], json!(true), "{reply}");
+    let pushed = s_ws.push("chat.message.new").await;
+    assert_eq!(pushed["data"]["message"]["text"], json!("hello from two"));
+    // The volunteer's own send also reaches their socket (for their other devices).
+    let own = v_ws.push("chat.message.new").await;
+    last_seen = last_seen.max(own["position"].as_i64().unwrap());
+
+    // Instance two dies mid-conversation; the senior keeps writing.
+    drop(v_ws);
+    two.kill();
+    let texts: Vec<String> = (1..=10)
+        .map(|i| format!("while you were away {i}"))
+        .collect();
+    for text in &texts {
+        let reply = s_ws.request(send(text)).await;
+        assert_eq!(reply["success"], json!(true), "{reply}");
+    }
+
+    // The volunteer comes back through instance one.
+    let (mut v_ws, _) = one.ws_authenticated(&v_token, Some(last_seen)).await;
+    let mut received = Vec::new();
+    let mut positions = Vec::new();
+    while let Some(Incoming::Json(frame)) = v_ws.next_within(Duration::from_secs(3)).await {
+        positions.push(frame["position"].as_i64().unwrap());
+        if frame["action"] == json!("chat.message.new") {
+            received.push(
+                frame["data"]["message"]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(received, texts, "every missed message, once, in order");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions increase: {positions:?}"
+    );
+    assert!(positions.iter().all(|p| *p > last_seen));
+
+    // And the conversation goes on.
+    let reply = v_ws.request(send("back again")).await;
+    assert_eq!(reply["success"], json!(true), "{reply}");
+    let pushed = s_ws.push("chat.message.new").await;
+    assert_eq!(pushed["data"]["message"]["text"], json!("back again"));
 }

@@ -1,0 +1,385 @@
+//! Read model `alerts`: the notices a user sees in the app (`basic_alert`), derived from the
+//! events of other streams. An alert's id is derived from the event that created it, so a
+//! rebuild gives every alert the same id and the read marks of the AlertInbox stream still
+//! apply. Later changes of the alert's subject (a request accepted, ...) update its body.
+//!
+//! `created_position` and `changed_position` record which event created and last changed an
+//! alert: the feed uses them to push `alert.new` and `alert.update` for exactly those alerts.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sqlx::types::Json;
+use sqlx::FromRow;
+use talkamie_aggregates::alert_inbox::{AlertInbox, AlertInboxEvent};
+use talkamie_aggregates::pair::PairEvent;
+use uuid::Uuid;
+
+use crate::chats::is_pair_event;
+use crate::db::Source;
+use crate::relations::iso;
+use crate::{with_source, with_tx, DbTx, ProjectionError, StoredEvent};
+
+pub const TABLES: &[&str] = &["alerts"];
+
+/// Namespace of alert ids (UUID v5 of the creating event and the recipient).
+const ALERT_NAMESPACE: Uuid = Uuid::from_u128(0x7a1c_4e2b_9d3f_4c11_8a6e_5b0d_2f9c_1e01);
+
+pub fn alert_id(event: &StoredEvent, user_id: &str) -> String {
+    let key = format!(
+        "{}:{}:{}:{user_id}",
+        event.aggregate_type, event.aggregate_id, event.sequence
+    );
+    Uuid::new_v5(&ALERT_NAMESPACE, key.as_bytes()).to_string()
+}
+
+/// The short profile an alert shows of the other person.
+async fn user_brief(tx: &mut DbTx, user_id: &str) -> Result<Value, ProjectionError> {
+    let row: Option<(String, Option<String>, Option<Json<Value>>)> = with_tx!(tx, conn => {
+        sqlx::query_as("SELECT id, name, picture_file FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?
+    });
+    Ok(match row {
+        Some((id, name, picture)) => json!({
+            "id": id,
+            "name": name,
+            "picture": crate::profiles::file_json(&id, &picture),
+        }),
+        None => json!({ "id": user_id }),
+    })
+}
+
+async fn insert(
+    tx: &mut DbTx,
+    event: &StoredEvent,
+    user_id: &str,
+    alert_type: &str,
+    subject_id: &str,
+    body: Value,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let id = alert_id(event, user_id);
+    with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO alerts (id, user_id, type, status, subject_id, body, created_position,
+                                 changed_position, created_at, updated_at)
+             VALUES ($1, $2, $3, 'unread', $4, $5, $6, $6, $7, $7)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(user_id)
+        .bind(alert_type)
+        .bind(subject_id)
+        .bind(Json(&body))
+        .bind(event.position)
+        .bind(at)
+        .execute(conn)
+        .await
+        .map(|r| r.rows_affected())?
+    });
+    Ok(())
+}
+
+/// Sets `status` inside the body's `field` of every alert about `subject_id`.
+async fn update_subject_status(
+    tx: &mut DbTx,
+    event: &StoredEvent,
+    subject_id: &str,
+    field: &str,
+    status: &str,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let rows: Vec<(String, Json<Value>)> = with_tx!(tx, conn => {
+        sqlx::query_as("SELECT id, body FROM alerts WHERE subject_id = $1")
+            .bind(subject_id)
+            .fetch_all(conn)
+            .await?
+    });
+    for (id, Json(mut body)) in rows {
+        if body.get(field).is_some_and(Value::is_object) {
+            body[field]["status"] = json!(status);
+        }
+        with_tx!(tx, conn => {
+            sqlx::query(
+                "UPDATE alerts SET body = $2, changed_position = $3, updated_at = $4 WHERE id = $1",
+            )
+            .bind(&id)
+            .bind(Json(&body))
+            .bind(event.position)
+            .bind(at)
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected())?
+        });
+    }
+    Ok(())
+}
+
+fn connect_request(id: &str, status: &str, from: &str, to: &str) -> Value {
+    json!({ "id": id, "status": status, "from": {"id": from}, "to": {"id": to} })
+}
+
+pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+    if event.aggregate_type == <AlertInbox as cqrs_es::Aggregate>::TYPE {
+        let AlertInboxEvent::AlertsRead { alert_ids, at } = event.decode()?;
+        for id in alert_ids {
+            with_tx!(tx, conn => {
+                sqlx::query(
+                    "UPDATE alerts SET status = 'read', updated_at = $3
+                      WHERE id = $1 AND user_id = $2 AND status = 'unread'",
+                )
+                .bind(&id)
+                .bind(&event.aggregate_id)
+                .bind(at)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())?
+            });
+        }
+        return Ok(());
+    }
+    if !is_pair_event(event) {
+        return Ok(());
+    }
+    let chat_id = event.aggregate_id.as_str();
+    match event.decode::<PairEvent>()? {
+        PairEvent::ConnectionRequested {
+            request_id,
+            from,
+            to,
+            at,
+        } => {
+            let body = json!({
+                "connectRequest": connect_request(&request_id, "pending", &from, &to),
+                "user": user_brief(tx, &from).await?,
+            });
+            insert(tx, event, &to, "connect-request", &request_id, body, at).await?;
+        }
+        PairEvent::ConnectionRequestCanceled { request_id, at } => {
+            update_subject_status(tx, event, &request_id, "connectRequest", "canceled", at).await?
+        }
+        PairEvent::ConnectionRequestRejected { request_id, at } => {
+            update_subject_status(tx, event, &request_id, "connectRequest", "rejected", at).await?
+        }
+        PairEvent::ConnectionAccepted { request_id, at } => {
+            update_subject_status(tx, event, &request_id, "connectRequest", "accepted", at).await?;
+            // The sender learns that their request was accepted.
+            let parties: Option<(String, String)> = with_tx!(tx, conn => {
+                sqlx::query_as("SELECT from_id, to_id FROM connect_requests WHERE id = $1")
+                    .bind(&request_id)
+                    .fetch_optional(conn)
+                    .await?
+            });
+            if let Some((from, to)) = parties {
+                let body = json!({
+                    "connectRequest": connect_request(&request_id, "accepted", &from, &to),
+                    "chat": {"id": chat_id},
+                    "user": user_brief(tx, &to).await?,
+                });
+                insert(tx, event, &from, "connect-request", &request_id, body, at).await?;
+            }
+        }
+        PairEvent::MessageRequested {
+            request_id,
+            message_id,
+            from,
+            to,
+            text,
+            at,
+            ..
+        } => {
+            let body = json!({
+                "chat": {"id": chat_id, "request": {"id": request_id, "status": "pending"}},
+                "message": {"id": message_id, "text": text},
+                "user": user_brief(tx, &from).await?,
+            });
+            insert(tx, event, &to, "message-request", &request_id, body, at).await?;
+        }
+        PairEvent::MessageRequestCanceled { request_id, at } => {
+            update_request_in_chat(tx, event, &request_id, "canceled", at).await?
+        }
+        PairEvent::MessageRequestRejected { request_id, at } => {
+            update_request_in_chat(tx, event, &request_id, "rejected", at).await?
+        }
+        PairEvent::MessageRequestAccepted { request_id, at } => {
+            update_request_in_chat(tx, event, &request_id, "accepted", at).await?;
+            let parties: Option<(Option<String>, String)> = with_tx!(tx, conn => {
+                sqlx::query_as(
+                    "SELECT c.request_sender, m.user_id FROM chats c
+                       JOIN chat_members m ON m.chat_id = c.id AND m.user_id <> c.request_sender
+                      WHERE c.id = $1",
+                )
+                .bind(chat_id)
+                .fetch_optional(conn)
+                .await?
+            });
+            if let Some((Some(from), to)) = parties {
+                let body = json!({
+                    "chat": {"id": chat_id, "request": {"id": request_id, "status": "accepted"}},
+                    "user": user_brief(tx, &to).await?,
+                });
+                insert(tx, event, &from, "message-request", &request_id, body, at).await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Message-request alerts keep the request's status under `chat.request`.
+async fn update_request_in_chat(
+    tx: &mut DbTx,
+    event: &StoredEvent,
+    request_id: &str,
+    status: &str,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let rows: Vec<(String, Json<Value>)> = with_tx!(tx, conn => {
+        sqlx::query_as("SELECT id, body FROM alerts WHERE subject_id = $1")
+            .bind(request_id)
+            .fetch_all(conn)
+            .await?
+    });
+    for (id, Json(mut body)) in rows {
+        if body["chat"]["request"].is_object() {
+            body["chat"]["request"]["status"] = json!(status);
+        }
+        with_tx!(tx, conn => {
+            sqlx::query(
+                "UPDATE alerts SET body = $2, changed_position = $3, updated_at = $4 WHERE id = $1",
+            )
+            .bind(&id)
+            .bind(Json(&body))
+            .bind(event.position)
+            .bind(at)
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected())?
+        });
+    }
+    Ok(())
+}
+
+/// One row of `alerts`.
+#[derive(Debug, Clone, FromRow)]
+pub struct AlertRow {
+    pub id: String,
+    pub user_id: String,
+    #[sqlx(rename = "type")]
+    pub alert_type: String,
+    pub status: String,
+    pub body: Json<Value>,
+    pub created_position: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+const ALERT_COLUMNS: &str = "id, user_id, type, status, body, created_position, created_at";
+
+impl AlertRow {
+    /// `basic_alert`: `{id, type, timestamp, status}` plus the type's fields.
+    pub fn to_json(&self) -> Value {
+        let mut alert = json!({
+            "id": self.id,
+            "type": self.alert_type,
+            "timestamp": iso(self.created_at),
+            "status": self.status,
+        });
+        if let (Value::Object(alert), Value::Object(body)) = (&mut alert, &self.body.0) {
+            for (k, v) in body {
+                alert.insert(k.clone(), v.clone());
+            }
+        }
+        alert
+    }
+}
+
+/// Alerts created or changed by the event at `position`.
+pub async fn changed_at(source: Source<'_>, position: i64) -> Result<Vec<AlertRow>, sqlx::Error> {
+    let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE changed_position = $1 ORDER BY id");
+    with_source!(source, conn => {
+        sqlx::query_as::<_, AlertRow>(&sql).bind(position).fetch_all(conn).await
+    })
+}
+
+/// One page of a user's alerts, newest first, after the keyset `(created_at, id)`.
+pub async fn page(
+    source: Source<'_>,
+    user_id: &str,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> Result<(Vec<AlertRow>, i64), sqlx::Error> {
+    let mut source = source;
+    let total: i64 = with_source!(source.reborrow(), conn => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM alerts WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(conn)
+            .await?
+    });
+    let rows = match after {
+        Some((at, id)) => {
+            let sql = format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE user_id = $1
+                    AND (created_at < $2 OR (created_at = $2 AND id < $3))
+                  ORDER BY created_at DESC, id DESC LIMIT {limit}"
+            );
+            with_source!(source, conn => {
+                sqlx::query_as::<_, AlertRow>(&sql).bind(user_id).bind(at).bind(id).fetch_all(conn).await?
+            })
+        }
+        None => {
+            let sql = format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE user_id = $1
+                  ORDER BY created_at DESC, id DESC LIMIT {limit}"
+            );
+            with_source!(source, conn => {
+                sqlx::query_as::<_, AlertRow>(&sql).bind(user_id).fetch_all(conn).await?
+            })
+        }
+    };
+    Ok((rows, total))
+}
+
+/// `(id, status)` of those of `ids` that are alerts of `user_id`.
+pub async fn statuses(
+    source: Source<'_>,
+    user_id: &str,
+    ids: &[String],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let list = (2..2 + ids.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql =
+        format!("SELECT id, status FROM alerts WHERE user_id = $1 AND id IN ({list}) ORDER BY id");
+    with_source!(source, conn => {
+        let mut query = sqlx::query_as(&sql).bind(user_id);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query.fetch_all(conn).await
+    })
+}
+
+/// Which of `ids` are unread alerts of `user_id`.
+pub async fn unread_of(
+    source: Source<'_>,
+    user_id: &str,
+    ids: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    Ok(statuses(source, user_id, ids)
+        .await?
+        .into_iter()
+        .filter(|(_, status)| status == "unread")
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// A user's unread alert count.
+pub async fn total_unread(source: Source<'_>, user_id: &str) -> Result<i64, sqlx::Error> {
+    let sql = "SELECT COUNT(*) FROM alerts WHERE user_id = $1 AND status = 'unread'";
+    with_source!(source, conn => sqlx::query_scalar(sql).bind(user_id).fetch_one(conn).await)
+}

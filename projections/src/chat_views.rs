@@ -1,0 +1,77 @@
+//! The contract's chat shapes (`basic_chat`, `full_chat`), rendered for one member from the
+//! chats read model, for answers and for pushes alike.
+
+use serde_json::{json, Value};
+
+use crate::chats::{self, ChatView};
+use crate::db::Source;
+use crate::profiles::Reader;
+use crate::relations::{self, iso};
+use crate::users;
+
+/// Whether `user_id` has an open socket on any live instance (the presence table).
+pub async fn online(source: Source<'_>, user_id: &str) -> Result<bool, sqlx::Error> {
+    let fresh = chrono::Utc::now() - chrono::Duration::seconds(90);
+    let sql = "SELECT COUNT(*) FROM presence WHERE user_id = $1 AND sockets > 0 AND seen_at > $2";
+    let n: i64 = crate::with_source!(source, conn => {
+        sqlx::query_scalar(sql).bind(user_id).bind(fresh).fetch_one(conn).await?
+    });
+    Ok(n > 0)
+}
+
+/// `basic_chat`: `{id, type, user, timestamp, lastMessage, totalUnreadMessages, request?}`, as
+/// the member `view.user_id` sees it. `online` says whether the other member is online.
+pub async fn basic_chat(
+    mut source: Source<'_>,
+    view: &ChatView,
+    online: bool,
+) -> Result<Value, sqlx::Error> {
+    let other = users::find(source.reborrow(), &view.other_id).await?;
+    let relations = relations::relations(
+        source.reborrow(),
+        &view.user_id,
+        std::slice::from_ref(&view.other_id),
+    )
+    .await?;
+    let reader = Reader::user(&view.user_id, false).with_relations(relations);
+    let user = match other {
+        Some(other) => other.basic(&reader, online),
+        None => json!({ "id": view.other_id }),
+    };
+    let last_message = match &view.last_message_id {
+        Some(id) => chats::message(source.reborrow(), id)
+            .await?
+            .map(|m| m.to_json()),
+        None => None,
+    };
+    let mut chat = json!({
+        "id": view.id,
+        "type": view.chat_type,
+        "user": user,
+        "timestamp": iso(view.last_activity_at),
+        "lastMessage": last_message,
+        "totalUnreadMessages": view.unread_count,
+        "open": view.is_open,
+    });
+    let request = view.request_json();
+    if !request.is_null() {
+        chat["request"] = request;
+    }
+    Ok(chat)
+}
+
+/// `full_chat`: `basic_chat` plus `members`, `connectRequest` (the pair's latest),
+/// `totalMessages` and `createdAt`.
+pub async fn full_chat(
+    mut source: Source<'_>,
+    view: &ChatView,
+    online: bool,
+) -> Result<Value, sqlx::Error> {
+    let mut chat = basic_chat(source.reborrow(), view, online).await?;
+    let request = chats::latest_connect_request(source.reborrow(), &view.id).await?;
+    chat["members"] = json!([{ "id": view.user_id }, { "id": view.other_id }]);
+    chat["connectRequest"] = request.map(|r| r.to_json()).unwrap_or(Value::Null);
+    chat["totalMessages"] = json!(view.total_messages);
+    chat["createdAt"] = json!(iso(view.created_at));
+    Ok(chat)
+}

@@ -1,0 +1,181 @@
+//! What connects a reader to the users they look at (the `viewer` part of a user shape, the
+//! "connected" meta level, `matches` visibility) and a user's own counters
+//! (`totalConnections`, `totalPendingRequests`, `totalUnreadChats`, `totalUnreadAlerts`).
+//! Read from the chats and alerts read models when a user is rendered.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use crate::db::Source;
+use crate::with_source;
+
+/// The reader's relation to one other user.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Relation {
+    pub connected: bool,
+    /// `{id, request?}` of the pair's chat, when it exists.
+    pub chat: Option<Value>,
+    /// The pair's latest connect request `{id, status, from{id}, to{id}}`.
+    pub connect_request: Option<Value>,
+    /// The other user's number of connections.
+    pub total_connections: i64,
+}
+
+/// A user's own counters (the `extended_user` totals).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub total_connections: i64,
+    /// Connect and message requests waiting for this user's answer.
+    pub total_pending_requests: i64,
+    pub total_unread_chats: i64,
+    pub total_unread_alerts: i64,
+}
+
+pub fn iso(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `$start, $start+1, ...` for an `IN (...)` list of `n` values.
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+type RequestRow = (String, String, String, String);
+
+/// The relations of `reader` to each of `others` (users without any relation get the default).
+pub async fn relations(
+    mut source: Source<'_>,
+    reader: &str,
+    others: &[String],
+) -> Result<HashMap<String, Relation>, sqlx::Error> {
+    let mut out: HashMap<String, Relation> = others
+        .iter()
+        .map(|id| (id.clone(), Relation::default()))
+        .collect();
+    if others.is_empty() {
+        return Ok(out);
+    }
+    let list = placeholders(2, others.len());
+    let sql = format!(
+        "SELECT m.other_id, c.id, c.request_id, c.request_status
+           FROM chat_members m JOIN chats c ON c.id = m.chat_id
+          WHERE m.user_id = $1 AND m.other_id IN ({list})"
+    );
+    let chats: Vec<(String, String, Option<String>, Option<String>)> = with_source!(source.reborrow(), conn => {
+        let mut query = sqlx::query_as(&sql).bind(reader);
+        for id in others {
+            query = query.bind(id);
+        }
+        query.fetch_all(conn).await?
+    });
+    for (other, chat_id, request_id, request_status) in chats {
+        if let Some(relation) = out.get_mut(&other) {
+            let mut chat = json!({ "id": chat_id });
+            if let (Some(id), Some(status)) = (request_id, request_status) {
+                chat["request"] = json!({ "id": id, "status": status });
+            }
+            relation.chat = Some(chat);
+        }
+    }
+    let sql = format!(
+        "SELECT id, status, from_id, to_id FROM connect_requests
+          WHERE (from_id = $1 AND to_id IN ({list})) OR (to_id = $1 AND from_id IN ({list}))
+          ORDER BY created_at, id"
+    );
+    let requests: Vec<RequestRow> = with_source!(source.reborrow(), conn => {
+        let mut query = sqlx::query_as(&sql).bind(reader);
+        for id in others {
+            query = query.bind(id);
+        }
+        query.fetch_all(conn).await?
+    });
+    for (id, status, from, to) in requests {
+        let other = if from == reader { &to } else { &from };
+        if let Some(relation) = out.get_mut(other) {
+            // Ordered oldest first: the latest request wins.
+            relation.connect_request =
+                Some(json!({ "id": id, "status": status, "from": {"id": from}, "to": {"id": to} }));
+        }
+    }
+    let sql =
+        format!("SELECT other_id FROM connections WHERE user_id = $1 AND other_id IN ({list})");
+    let connected: Vec<String> = with_source!(source.reborrow(), conn => {
+        let mut query = sqlx::query_scalar(&sql).bind(reader);
+        for id in others {
+            query = query.bind(id);
+        }
+        query.fetch_all(conn).await?
+    });
+    for other in connected {
+        if let Some(relation) = out.get_mut(&other) {
+            relation.connected = true;
+        }
+    }
+    let sql = format!(
+        "SELECT user_id, COUNT(*) FROM connections WHERE user_id IN ({}) GROUP BY user_id",
+        placeholders(1, others.len())
+    );
+    let totals: Vec<(String, i64)> = with_source!(source.reborrow(), conn => {
+        let mut query = sqlx::query_as(&sql);
+        for id in others {
+            query = query.bind(id);
+        }
+        query.fetch_all(conn).await?
+    });
+    for (user, total) in totals {
+        if let Some(relation) = out.get_mut(&user) {
+            relation.total_connections = total;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether two users are connected now.
+pub async fn connected(source: Source<'_>, a: &str, b: &str) -> Result<bool, sqlx::Error> {
+    let sql = "SELECT COUNT(*) FROM connections WHERE user_id = $1 AND other_id = $2";
+    let n: i64 = with_source!(source, conn => {
+        sqlx::query_scalar(sql).bind(a).bind(b).fetch_one(conn).await?
+    });
+    Ok(n > 0)
+}
+
+/// The counters of `user_id`, in one round trip.
+pub async fn counters(source: Source<'_>, user_id: &str) -> Result<Counters, sqlx::Error> {
+    let sql = "SELECT
+        (SELECT COUNT(*) FROM connections WHERE user_id = $1),
+        (SELECT COUNT(*) FROM connect_requests WHERE to_id = $1 AND status = 'pending')
+          + (SELECT COUNT(*) FROM chats c JOIN chat_members m ON m.chat_id = c.id
+              WHERE m.user_id = $1 AND c.request_status = 'pending' AND c.request_sender <> $1),
+        (SELECT COUNT(*) FROM chat_members WHERE user_id = $1 AND unread_count > 0),
+        (SELECT COUNT(*) FROM alerts WHERE user_id = $1 AND status = 'unread')";
+    let (total_connections, total_pending_requests, total_unread_chats, total_unread_alerts): (
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = with_source!(source, conn => {
+        sqlx::query_as(sql).bind(user_id).fetch_one(conn).await?
+    });
+    Ok(Counters {
+        total_connections,
+        total_pending_requests,
+        total_unread_chats,
+        total_unread_alerts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_lists() {
+        assert_eq!(placeholders(2, 3), "$2, $3, $4");
+        assert_eq!(placeholders(1, 1), "$1");
+    }
+}

@@ -1,0 +1,867 @@
+//! Sections 5 and 6, and the chat and alert parts of section 12: connect requests, message
+//! requests, chats, messages, receipts, unread counts and alerts, over REST and WebSocket.
+
+use std::collections::HashSet;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::both_stores;
+use crate::helpers::{assert_error, unique_email, Backend, Server, TestDb, Ws};
+
+both_stores!(
+    connect_requests_follow_the_rules,
+    message_requests_open_a_chat_only_when_accepted,
+    messages_are_idempotent_validated_and_private,
+    unread_counts_follow_send_deliver_and_read_on_two_sockets,
+    alerts_are_listed_and_marked_read_on_every_socket,
+    concurrent_opposite_requests_leave_exactly_one,
+    chat_lists_search_rank_and_paginate,
+    flooding_messages_is_rate_limited,
+);
+
+/// A signed-up user: `(id, access token)`.
+async fn user(server: &Server, kind: &str) -> (String, String) {
+    let (id, token, _) = server
+        .sign_up(&unique_email(kind), "password-1", kind)
+        .await;
+    (id, token)
+}
+
+/// A senior and a volunteer who are connected; returns both and their chat id.
+async fn connected_pair(server: &Server) -> ((String, String), (String, String), String) {
+    let senior = user(server, "senior").await;
+    let volunteer = user(server, "volunteer").await;
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/v1/user/{}/connection", volunteer.0),
+            Some(&senior.1),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/v1/user/{}/connection/accept", senior.0),
+            Some(&volunteer.1),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let chat = body["data"]["chat"]["id"].as_str().unwrap().to_string();
+    (senior, volunteer, chat)
+}
+
+async fn send(ws: &mut Ws, chat: &str, text: &str, client_id: Option<&str>) -> Value {
+    let mut frame = json!({"action": "chat.message.send", "requestId": text,
+                           "chatId": chat, "message": {"text": text}});
+    if let Some(id) = client_id {
+        frame["clientId"] = json!(id);
+    }
+    ws.request(frame).await
+}
+
+fn ids(body: &Value) -> Vec<String> {
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn connect_requests_follow_the_rules(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    let (s, s_token) = user(&server, "senior").await;
+    let (s2, _) = user(&server, "senior").await;
+    let (v, v_token) = user(&server, "volunteer").await;
+    let (mut v_ws, _) = server.ws_authenticated(&v_token, None).await;
+    let path = |id: &str, tail: &str| format!("/v1/user/{id}/connection{tail}");
+
+    // Bad targets.
+    let (status, body) = server
+        .call("POST", &path(&s, ""), Some(&s_token), None)
+        .await;
+    assert_error(status, &body, 400, "invalid_input");
+    let (status, body) = server
+        .call("POST", &path(&s2, ""), Some(&s_token), None)
+        .await;
+    assert_error(status, &body, 422, "not_senior_and_volunteer");
+    let (status, body) = server
+        .call("POST", &path("no-such-user", ""), Some(&s_token), None)
+        .await;
+    assert_error(status, &body, 404, "not_found");
+    let (status, body) = server.call("POST", &path(&v, ""), None, None).await;
+    assert_error(status, &body, 401, "unauthenticated");
+
+    // Send: the volunteer hears of it at once.
+    let (status, body) = server
+        .call("POST", &path(&v, ""), Some(&s_token), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let request = &body["data"];
+    assert_eq!(request["status"], json!("pending"));
+    assert_eq!(request["from"]["id"], json!(s));
+    assert_eq!(request["to"]["id"], json!(v));
+    assert_eq!(request["user"]["id"], json!(v));
+    let alert = v_ws.push("alert.new").await;
+    assert_eq!(alert["data"]["alert"]["type"], json!("connect-request"));
+    assert_eq!(
+        alert["data"]["alert"]["connectRequest"]["id"],
+        request["id"]
+    );
+    assert_eq!(alert["data"]["alert"]["status"], json!("unread"));
+    let update = v_ws.push("user.update").await;
+    assert_eq!(update["data"]["user"]["totalPendingRequests"], json!(1));
+
+    // One live request per pair.
+    let (status, body) = server
+        .call("POST", &path(&v, ""), Some(&s_token), None)
+        .await;
+    assert_error(status, &body, 409, "already_exists");
+    let (status, body) = server
+        .call("POST", &path(&s, ""), Some(&v_token), None)
+        .await;
+    assert_error(status, &body, 409, "conflict");
+
+    // Pending lists, both directions.
+    let (_, body) = server.get("/v1/connections/pending", Some(&v_token)).await;
+    assert_eq!(ids(&body), vec![request["id"].as_str().unwrap()]);
+    assert_eq!(body["data"][0]["user"]["id"], json!(s));
+    assert_eq!(body["pagination"]["totalItems"], json!(1));
+    let (_, body) = server
+        .get("/v1/connections/pending?direction=sent", Some(&s_token))
+        .await;
+    assert_eq!(body["data"][0]["to"]["id"], json!(v));
+    let (_, body) = server
+        .get("/v1/connections/pending?direction=sent", Some(&v_token))
+        .await;
+    assert_eq!(body["data"], json!([]));
+    let (status, body) = server
+        .get("/v1/connections/pending?direction=up", Some(&v_token))
+        .await;
+    assert_error(status, &body, 400, "invalid_input");
+
+    // Only the recipient answers, only the sender cancels.
+    let (status, body) = server
+        .call("POST", &path(&v, "/accept"), Some(&s_token), None)
+        .await;
+    assert_error(status, &body, 404, "not_found");
+    let (status, body) = server
+        .call("DELETE", &path(&s, ""), Some(&v_token), None)
+        .await;
+    assert_error(status, &body, 404, "not_found");
+
+    // Cancel: the volunteer's alert follows the request.
+    let (status, body) = server
+        .call("DELETE", &path(&v, ""), Some(&s_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["status"], json!("canceled"));
+    let update = v_ws.push("alert.update").await;
+    assert_eq!(
+        update["data"]["alert"]["connectRequest"]["status"],
+        json!("canceled")
+    );
+    let (_, body) = server.get("/v1/connections/pending", Some(&v_token)).await;
+    assert_eq!(body["data"], json!([]));
+
+    // Reject, then ask again and accept.
+    server
+        .call("POST", &path(&v, ""), Some(&s_token), None)
+        .await;
+    let (status, body) = server
+        .call("DELETE", &path(&s, "/reject"), Some(&v_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["status"], json!("rejected"));
+    let (status, _) = server
+        .call("POST", &path(&v, ""), Some(&s_token), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (mut s_ws, _) = server.ws_authenticated(&s_token, None).await;
+    let (status, body) = server
+        .call("POST", &path(&s, "/accept"), Some(&v_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["connectRequest"]["status"], json!("accepted"));
+    let chat = body["data"]["chat"].clone();
+    assert_eq!(chat["type"], json!("connect"));
+    assert_eq!(chat["user"]["id"], json!(s));
+    let chat_id = chat["id"].as_str().unwrap().to_string();
+    let alert = s_ws.push("alert.new").await;
+    assert_eq!(
+        alert["data"]["alert"]["connectRequest"]["status"],
+        json!("accepted")
+    );
+    assert_eq!(
+        s_ws.push("chat.update").await["data"]["chat"]["id"],
+        json!(chat_id)
+    );
+
+    // Connected: lists, viewer relation, counters, no more requests.
+    let (_, body) = server.get("/v1/connections/users", Some(&s_token)).await;
+    assert_eq!(ids(&body), vec![v.clone()]);
+    let (_, body) = server.get(&format!("/v1/user/{v}"), Some(&s_token)).await;
+    assert_eq!(body["data"]["viewer"]["chat"]["id"], json!(chat_id));
+    assert_eq!(
+        body["data"]["viewer"]["connectRequest"]["status"],
+        json!("accepted")
+    );
+    assert_eq!(body["data"]["totalConnections"], json!(1));
+    let (_, body) = server.get(&format!("/v1/user/{s}"), Some(&s_token)).await;
+    assert_eq!(body["data"]["totalConnections"], json!(1));
+    assert_eq!(body["data"]["totalPendingRequests"], json!(0));
+    let (status, body) = server
+        .call("POST", &path(&v, ""), Some(&s_token), None)
+        .await;
+    assert_error(status, &body, 409, "already_exists");
+
+    // Disconnect: history stays, messages stop.
+    let (status, body) = server
+        .call("DELETE", &path(&s, "/disconnect"), Some(&v_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["chat"]["open"], json!(false));
+    let (status, body) = server
+        .call("DELETE", &path(&s, "/disconnect"), Some(&v_token), None)
+        .await;
+    assert_error(status, &body, 404, "not_found");
+    let (_, body) = server.get("/v1/connections/users", Some(&s_token)).await;
+    assert_eq!(body["data"], json!([]));
+    let reply = send(&mut s_ws, &chat_id, "still there?", None).await;
+    assert_eq!(reply["statusCode"], json!(409), "{reply}");
+    assert_eq!(reply["error"], json!("chat_not_open"));
+    let (status, _) = server
+        .get(&format!("/v1/chat/{chat_id}"), Some(&s_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "the history stays readable");
+}
+
+async fn message_requests_open_a_chat_only_when_accepted(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    let (s, s_token) = user(&server, "senior").await;
+    let (v, v_token) = user(&server, "volunteer").await;
+    let (mut v_ws, _) = server.ws_authenticated(&v_token, None).await;
+    let (mut s_ws, _) = server.ws_authenticated(&s_token, None).await;
+    let path = |id: &str, tail: &str| format!("/v1/user/{id}/message/request{tail}");
+
+    for bad in [
+        json!({}),
+        json!({"text": "  "}),
+        json!({"text": "x".repeat(4001)}),
+    ] {
+        let (status, body) = server.post(&path(&v, ""), Some(&s_token), bad).await;
+        assert_error(status, &body, 400, "invalid_input");
+    }
+    let (status, body) = server
+        .post(
+            &path(&v, ""),
+            Some(&s_token),
+            json!({"text": "Hello, I love gardening!"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let chat_id = body["data"]["chat"]["id"].as_str().unwrap().to_string();
+    assert_eq!(body["data"]["chat"]["type"], json!("message"));
+    assert_eq!(body["data"]["chat"]["request"]["status"], json!("pending"));
+    assert_eq!(body["data"]["message"]["isRequest"], json!(true));
+    assert_eq!(body["data"]["message"]["sender"]["id"], json!(s));
+
+    // The volunteer gets the message, an alert and the pending chat.
+    let pushed = v_ws.push("chat.message.new").await;
+    assert_eq!(
+        pushed["data"]["message"]["text"],
+        json!("Hello, I love gardening!")
+    );
+    assert_eq!(pushed["data"]["viewer"]["totalUnreadChats"], json!(1));
+    let alert = v_ws.push("alert.new").await;
+    assert_eq!(alert["data"]["alert"]["type"], json!("message-request"));
+    assert_eq!(alert["data"]["alert"]["chat"]["id"], json!(chat_id));
+    let (_, body) = server.get("/v1/chats/pending", Some(&v_token)).await;
+    assert_eq!(ids(&body), vec![chat_id.clone()]);
+    assert_eq!(body["data"][0]["request"]["sender"]["id"], json!(s));
+    let (_, body) = server.get("/v1/chats/pending", Some(&s_token)).await;
+    assert_eq!(
+        ids(&body),
+        vec![chat_id.clone()],
+        "my own unanswered request"
+    );
+    let (_, body) = server.get(&format!("/v1/user/{v}"), Some(&s_token)).await;
+    assert_eq!(body["data"]["viewer"]["chat"]["id"], json!(chat_id));
+    assert_eq!(
+        body["data"]["viewer"]["chat"]["request"]["status"],
+        json!("pending")
+    );
+
+    // Only that one message until accepted; no second request either way.
+    let reply = send(&mut s_ws, &chat_id, "are you there?", None).await;
+    assert_eq!(reply["statusCode"], json!(409), "{reply}");
+    let reply = send(&mut v_ws, &chat_id, "hi", None).await;
+    assert_eq!(reply["statusCode"], json!(409), "{reply}");
+    let (status, body) = server
+        .post(&path(&s, ""), Some(&v_token), json!({"text": "hi"}))
+        .await;
+    assert_error(status, &body, 409, "conflict");
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/v1/user/{v}/connection"),
+            Some(&s_token),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 409, "already_exists");
+
+    // Cancel and ask again; reject; ask again and accept.
+    let (status, body) = server
+        .call("DELETE", &path(&v, ""), Some(&s_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["chat"]["request"]["status"], json!("canceled"));
+    let (status, _) = server
+        .post(
+            &path(&v, ""),
+            Some(&s_token),
+            json!({"text": "Hello again"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = server
+        .call("DELETE", &path(&s, "/reject"), Some(&v_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["chat"]["request"]["status"], json!("rejected"));
+    let (status, _) = server
+        .post(
+            &path(&v, ""),
+            Some(&s_token),
+            json!({"text": "Third time lucky"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = server
+        .call("POST", &path(&s, "/accept"), Some(&v_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["data"]["chat"]["id"],
+        json!(chat_id),
+        "one chat per pair"
+    );
+    assert_eq!(body["data"]["chat"]["request"]["status"], json!("accepted"));
+    let (status, body) = server
+        .call("POST", &path(&s, "/accept"), Some(&v_token), None)
+        .await;
+    assert_error(status, &body, 404, "not_found");
+
+    // Now both may write; the senior hears of the acceptance.
+    let update = s_ws.push("chat.update").await;
+    assert_eq!(update["data"]["chat"]["id"], json!(chat_id));
+    let reply = send(&mut v_ws, &chat_id, "Welcome!", None).await;
+    assert_eq!(reply["success"], json!(true), "{reply}");
+    let reply = send(&mut s_ws, &chat_id, "Thank you", None).await;
+    assert_eq!(reply["success"], json!(true), "{reply}");
+    let (_, body) = server
+        .get(&format!("/v1/chat/{chat_id}/messages"), Some(&s_token))
+        .await;
+    let texts: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            "Thank you",
+            "Welcome!",
+            "Third time lucky",
+            "Hello again",
+            "Hello, I love gardening!"
+        ]
+    );
+    let (_, body) = server.get("/v1/chats/pending", Some(&v_token)).await;
+    assert_eq!(body["data"], json!([]));
+}
+
+async fn messages_are_idempotent_validated_and_private(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    let ((s, s_token), (_, v_token), chat) = connected_pair(&server).await;
+    let (_, stranger) = user(&server, "senior").await;
+    let (mut s_ws, _) = server.ws_authenticated(&s_token, None).await;
+    let (mut v_ws, _) = server.ws_authenticated(&v_token, None).await;
+
+    // A retry with the same clientId answers the first message and stores nothing new.
+    let first = send(&mut s_ws, &chat, "Good morning", Some("c-1")).await;
+    assert_eq!(first["success"], json!(true), "{first}");
+    assert_eq!(first["data"]["chat"]["id"], json!(chat));
+    let message = first["data"]["message"].clone();
+    assert_eq!(message["clientId"], json!("c-1"));
+    assert_eq!(message["delivery"]["status"], json!("sent"));
+    assert_eq!(message["sender"]["id"], json!(s));
+    let again = send(&mut s_ws, &chat, "Good morning", Some("c-1")).await;
+    assert_eq!(again["data"]["message"]["id"], message["id"]);
+    let pushed = v_ws.push("chat.message.new").await;
+    assert_eq!(pushed["data"]["message"]["id"], message["id"]);
+    let (_, body) = server
+        .get(&format!("/v1/chat/{chat}/messages"), Some(&v_token))
+        .await;
+    assert_eq!(body["pagination"]["totalItems"], json!(1));
+
+    // Bad input, each refused in the envelope with nothing stored.
+    let bad_frames = [
+        json!({"action": "chat.message.send", "chatId": chat, "message": {"text": ""}}),
+        json!({"action": "chat.message.send", "chatId": chat, "message": {"text": "x".repeat(4001)}}),
+        json!({"action": "chat.message.send", "chatId": chat}),
+        json!({"action": "chat.message.send", "message": {"text": "hi"}}),
+        json!({"action": "chat.message.send", "chatId": chat, "message": {"text": "hi"}, "clientId": 7}),
+        json!({"action": "chat.messages.update", "chatId": chat, "messagesMap": {"x": {"status": "seen"}}}),
+        json!({"action": "chat.messages.update", "chatId": chat}),
+        json!({"action": "chat.messages.get", "chatId": chat, "pageSize": 0}),
+    ];
+    for frame in bad_frames {
+        let reply = s_ws.request(frame.clone()).await;
+        assert_eq!(reply["statusCode"], json!(400), "{frame} -> {reply}");
+        assert_eq!(reply["error"], json!("invalid_input"), "{reply}");
+    }
+    let reply = send(&mut s_ws, "no-such-chat", "hi", None).await;
+    assert_eq!(reply["statusCode"], json!(404), "{reply}");
+    let (_, body) = server
+        .get(&format!("/v1/chat/{chat}/messages"), Some(&v_token))
+        .await;
+    assert_eq!(body["pagination"]["totalItems"], json!(1));
+
+    // No one reads or writes a chat they are not in, over REST or WebSocket.
+    for path in [
+        format!("/v1/chat/{chat}"),
+        format!("/v1/chat/{chat}/messages"),
+    ] {
+        let (status, body) = server.get(&path, Some(&stranger)).await;
+        assert_error(status, &body, 404, "not_found");
+    }
+    let (mut x_ws, _) = server.ws_authenticated(&stranger, None).await;
+    for frame in [
+        json!({"action": "chat.message.send", "chatId": chat, "message": {"text": "let me in"}}),
+        json!({"action": "chat.messages.get", "chatId": chat}),
+        json!({"action": "chat.messages.update", "chatId": chat, "messagesMap": {message["id"].as_str().unwrap(): {"status": "read"}}}),
+    ] {
+        let reply = x_ws.request(frame).await;
+        assert_eq!(reply["statusCode"], json!(404), "{reply}");
+    }
+    let (_, body) = server.get("/v1/chats", Some(&stranger)).await;
+    assert_eq!(body["data"], json!([]));
+
+    // The full chat for a member.
+    let (status, body) = server
+        .get(&format!("/v1/chat/{chat}"), Some(&v_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["user"]["id"], json!(s));
+    assert_eq!(body["data"]["lastMessage"]["id"], message["id"]);
+    assert_eq!(body["data"]["totalMessages"], json!(1));
+    assert_eq!(body["data"]["connectRequest"]["status"], json!("accepted"));
+
+    // Messages over WebSocket, paginated newest first.
+    for i in 0..4 {
+        let reply = send(&mut v_ws, &chat, &format!("reply {i}"), None).await;
+        assert_eq!(reply["success"], json!(true), "{reply}");
+    }
+    let reply = s_ws
+        .request(json!({"action": "chat.messages.get", "chatId": chat, "pageSize": 3}))
+        .await;
+    assert_eq!(reply["success"], json!(true), "{reply}");
+    let page: Vec<&str> = reply["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(page, vec!["reply 3", "reply 2", "reply 1"]);
+    assert_eq!(reply["pagination"]["totalItems"], json!(5));
+    let key = reply["pagination"]["lastEvaluatedKey"].clone();
+    let reply = s_ws
+        .request(json!({"action": "chat.messages.get", "chatId": chat, "pageSize": 3, "lastEvaluatedKey": key}))
+        .await;
+    let page: Vec<&str> = reply["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(page, vec!["reply 0", "Good morning"]);
+    assert!(reply["pagination"].get("lastEvaluatedKey").is_none());
+}
+
+async fn unread_counts_follow_send_deliver_and_read_on_two_sockets(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    let ((_, s_token), (_, v_token), chat) = connected_pair(&server).await;
+    let (mut s_ws, _) = server.ws_authenticated(&s_token, None).await;
+    let (mut v_one, _) = server.ws_authenticated(&v_token, None).await;
+    let (mut v_two, _) = server.ws_authenticated(&v_token, None).await;
+
+    let mut sent = Vec::new();
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        let reply = send(&mut s_ws, &chat, text, None).await;
+        sent.push(reply["data"]["message"]["id"].as_str().unwrap().to_string());
+        for ws in [&mut v_one, &mut v_two] {
+            let pushed = ws.push("chat.message.new").await;
+            assert_eq!(pushed["data"]["message"]["text"], json!(text));
+            assert_eq!(pushed["data"]["chat"]["totalUnreadMessages"], json!(i + 1));
+            assert_eq!(pushed["data"]["viewer"]["totalUnreadChats"], json!(1));
+        }
+    }
+    let (_, body) = server.get("/v1/chats/unread", Some(&v_token)).await;
+    assert_eq!(ids(&body), vec![chat.clone()]);
+    assert_eq!(body["data"][0]["totalUnreadMessages"], json!(3));
+
+    // Delivered on socket one: the sender sees it.
+    let reply = v_one
+        .request(json!({"action": "chat.messages.update", "chatId": chat,
+                        "messagesMap": {&sent[2]: {"status": "delivered"}}}))
+        .await;
+    assert_eq!(reply["success"], json!(true), "{reply}");
+    assert_eq!(
+        reply["data"]["messagesMap"][&sent[2]]["status"],
+        json!("delivered")
+    );
+    assert_eq!(reply["data"]["viewer"]["totalUnreadChats"], json!(1));
+    let update = s_ws.push("chat.messages.update").await;
+    let delivered: HashSet<&String> = update["data"]["messagesMap"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        delivered,
+        sent.iter().collect(),
+        "delivery covers earlier messages"
+    );
+    assert_eq!(
+        update["data"]["messagesMap"][&sent[0]]["status"],
+        json!("delivered")
+    );
+
+    // Read up to "two" on socket two: one unread left, on both sockets.
+    let reply = v_two
+        .request(json!({"action": "chat.messages.update", "chatId": chat,
+                        "messagesMap": {&sent[1]: {"status": "read"}}}))
+        .await;
+    assert_eq!(reply["data"]["viewer"]["totalUnreadChats"], json!(1));
+    let update = s_ws.push("chat.messages.update").await;
+    assert_eq!(
+        update["data"]["messagesMap"][&sent[0]]["status"],
+        json!("read")
+    );
+    assert_eq!(
+        update["data"]["messagesMap"][&sent[1]]["status"],
+        json!("read")
+    );
+    assert!(update["data"]["messagesMap"].get(&sent[2]).is_none());
+    let list = v_one.push("chats.update").await;
+    assert_eq!(
+        list["data"]["chatsMap"][&chat]["totalUnreadMessages"],
+        json!(1)
+    );
+    assert_eq!(list["data"]["viewer"]["totalUnreadChats"], json!(1));
+
+    // Reading an older message changes nothing; reading the last clears the chat.
+    let reply = v_one
+        .request(json!({"action": "chat.messages.update", "chatId": chat,
+                        "messagesMap": {&sent[0]: {"status": "read"}}}))
+        .await;
+    assert_eq!(
+        reply["data"]["messagesMap"][&sent[0]]["status"],
+        json!("read")
+    );
+    let reply = v_one
+        .request(json!({"action": "chat.messages.update", "chatId": chat,
+                        "messagesMap": {&sent[2]: {"status": "read"}}}))
+        .await;
+    assert_eq!(reply["data"]["viewer"]["totalUnreadChats"], json!(0));
+    let list = v_two.push("chats.update").await;
+    assert_eq!(
+        list["data"]["chatsMap"][&chat]["totalUnreadMessages"],
+        json!(1)
+    );
+    let list = v_two.push("chats.update").await;
+    assert_eq!(
+        list["data"]["chatsMap"][&chat]["totalUnreadMessages"],
+        json!(0)
+    );
+    assert_eq!(list["data"]["viewer"]["totalUnreadChats"], json!(0));
+    let (_, body) = server.get("/v1/chats/unread", Some(&v_token)).await;
+    assert_eq!(body["data"], json!([]));
+    let (_, body) = server.get("/v1/auth", Some(&v_token)).await;
+    assert_eq!(body["data"]["totalUnreadChats"], json!(0), "{body}");
+    let (_, body) = server
+        .get(&format!("/v1/chat/{chat}/messages"), Some(&s_token))
+        .await;
+    for message in body["data"].as_array().unwrap() {
+        assert_eq!(message["delivery"]["status"], json!("read"), "{message}");
+    }
+
+    // My own messages are not mine to mark.
+    let reply = s_ws
+        .request(json!({"action": "chat.messages.update", "chatId": chat,
+                        "messagesMap": {&sent[0]: {"status": "read"}}}))
+        .await;
+    assert_eq!(reply["data"]["messagesMap"], json!({}));
+}
+
+async fn alerts_are_listed_and_marked_read_on_every_socket(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    let (_, s_token) = user(&server, "senior").await;
+    let (v, v_token) = user(&server, "volunteer").await;
+    let (_, other_token) = user(&server, "volunteer").await;
+    server
+        .call(
+            "POST",
+            &format!("/v1/user/{v}/connection"),
+            Some(&s_token),
+            None,
+        )
+        .await;
+    let (status, body) = server.get("/v1/alerts", Some(&v_token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["pagination"]["totalItems"], json!(1));
+    let alert = body["data"][0].clone();
+    assert_eq!(alert["type"], json!("connect-request"));
+    assert_eq!(alert["status"], json!("unread"));
+    assert!(alert["timestamp"].is_string());
+    let alert_id = alert["id"].as_str().unwrap().to_string();
+    let (_, body) = server.get("/v1/auth", Some(&v_token)).await;
+    assert_eq!(body["data"]["totalUnreadAlerts"], json!(1));
+
+    let (mut one, _) = server.ws_authenticated(&v_token, None).await;
+    let (mut two, _) = server.ws_authenticated(&v_token, None).await;
+    for bad in [
+        json!({"action": "alerts.update"}),
+        json!({"action": "alerts.update", "alertsMap": {}}),
+        json!({"action": "alerts.update", "alertsMap": {&alert_id: {"status": "unread"}}}),
+    ] {
+        let reply = one.request(bad).await;
+        assert_eq!(reply["statusCode"], json!(400), "{reply}");
+    }
+    // Someone else cannot mark my alert.
+    let (mut other, _) = server.ws_authenticated(&other_token, None).await;
+    let reply = other
+        .request(json!({"action": "alerts.update", "alertsMap": {&alert_id: {"status": "read"}}}))
+        .await;
+    assert_eq!(reply["data"]["alertsMap"], json!({}), "{reply}");
+    let (_, body) = server.get("/v1/alerts", Some(&v_token)).await;
+    assert_eq!(body["data"][0]["status"], json!("unread"));
+
+    let reply = one
+        .request(json!({"action": "alerts.update", "alertsMap": {&alert_id: {"status": "read"}}}))
+        .await;
+    assert_eq!(reply["success"], json!(true), "{reply}");
+    assert_eq!(
+        reply["data"]["alertsMap"][&alert_id]["status"],
+        json!("read")
+    );
+    assert_eq!(reply["data"]["viewer"]["totalUnreadAlerts"], json!(0));
+    let pushed = two.push("alerts.update").await;
+    assert_eq!(
+        pushed["data"]["alertsMap"][&alert_id]["status"],
+        json!("read")
+    );
+    assert_eq!(pushed["data"]["viewer"]["totalUnreadAlerts"], json!(0));
+    let (_, body) = server.get("/v1/alerts", Some(&v_token)).await;
+    assert_eq!(body["data"][0]["status"], json!("read"));
+    let (_, body) = server.get("/v1/auth", Some(&v_token)).await;
+    assert_eq!(body["data"]["totalUnreadAlerts"], json!(0));
+
+    // Rebuilding the read models keeps ids and read marks.
+    server.stop().await;
+    let (ok, _, stderr) = db.cli(&["projections", "rebuild"]);
+    assert!(ok, "{stderr}");
+    let server = Server::start(&db).await;
+    let (_, body) = server.get("/v1/alerts", Some(&v_token)).await;
+    assert_eq!(body["data"][0]["id"], json!(alert_id));
+    assert_eq!(body["data"][0]["status"], json!("read"));
+}
+
+async fn concurrent_opposite_requests_leave_exactly_one(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    for _ in 0..5 {
+        let (s, s_token) = user(&server, "senior").await;
+        let (v, v_token) = user(&server, "volunteer").await;
+        let mut racers = Vec::new();
+        for i in 0..6 {
+            let (target, token) = if i % 2 == 0 {
+                (v.clone(), s_token.clone())
+            } else {
+                (s.clone(), v_token.clone())
+            };
+            let http = server.http.clone();
+            let url = format!("{}/v1/user/{target}/connection", server.base);
+            racers.push(tokio::spawn(async move {
+                let response = http.post(url).bearer_auth(token).send().await.unwrap();
+                let status = response.status();
+                let body: Value = response.json().await.unwrap();
+                (status, body)
+            }));
+        }
+        let mut created = 0;
+        for racer in racers {
+            let (status, body) = racer.await.unwrap();
+            match status.as_u16() {
+                201 => created += 1,
+                409 => assert!(
+                    ["already_exists", "conflict"].contains(&body["error"].as_str().unwrap()),
+                    "{body}"
+                ),
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+        assert_eq!(created, 1, "exactly one live request");
+        let (_, received) = server.get("/v1/connections/pending", Some(&v_token)).await;
+        let (_, sent) = server.get("/v1/connections/pending", Some(&s_token)).await;
+        let total = received["pagination"]["totalItems"].as_i64().unwrap()
+            + sent["pagination"]["totalItems"].as_i64().unwrap();
+        assert_eq!(total, 1);
+    }
+}
+
+async fn chat_lists_search_rank_and_paginate(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    let (s, s_token) = user(&server, "senior").await;
+    let (mut s_ws, _) = server.ws_authenticated(&s_token, None).await;
+    let mut chats = Vec::new();
+    for (i, name) in ["Alice Garden", "Bruno Chess", "Carla Garden"]
+        .iter()
+        .enumerate()
+    {
+        let (v, v_token) = user(&server, "volunteer").await;
+        let (status, _) = server
+            .call(
+                "PUT",
+                &format!("/v1/user/{v}"),
+                Some(&v_token),
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        server
+            .call(
+                "POST",
+                &format!("/v1/user/{v}/connection"),
+                Some(&s_token),
+                None,
+            )
+            .await;
+        let (_, body) = server
+            .call(
+                "POST",
+                &format!("/v1/user/{s}/connection/accept"),
+                Some(&v_token),
+                None,
+            )
+            .await;
+        let chat = body["data"]["chat"]["id"].as_str().unwrap().to_string();
+        // Bruno gets the most messages, then Alice; Carla none.
+        for n in 0..[2, 3, 0][i] {
+            let reply = send(&mut s_ws, &chat, &format!("msg {n}"), None).await;
+            assert_eq!(reply["success"], json!(true), "{reply}");
+        }
+        chats.push(chat);
+    }
+    // Most recent activity first: Bruno's chat had the last message, then Carla's (accepted
+    // after Alice's messages), then Alice's.
+    let (_, body) = server.get("/v1/chats", Some(&s_token)).await;
+    assert_eq!(
+        ids(&body),
+        vec![chats[1].clone(), chats[2].clone(), chats[0].clone()]
+    );
+    assert_eq!(body["pagination"]["totalItems"], json!(3));
+    assert_eq!(body["data"][0]["lastMessage"]["text"], json!("msg 2"));
+    assert_eq!(body["data"][0]["user"]["name"], json!("Bruno Chess"));
+
+    let (_, body) = server.get("/v1/chats?keyword=garden", Some(&s_token)).await;
+    assert_eq!(ids(&body), vec![chats[2].clone(), chats[0].clone()]);
+
+    let (_, body) = server.get("/v1/chats/frequent", Some(&s_token)).await;
+    assert_eq!(ids(&body), vec![chats[1].clone(), chats[0].clone()]);
+
+    // Pages of one, each chat once.
+    let mut seen = Vec::new();
+    let mut path = "/v1/chats?pageSize=1".to_string();
+    loop {
+        let (status, body) = server.get(&path, Some(&s_token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        seen.extend(ids(&body));
+        match body["pagination"]["lastEvaluatedKey"].as_str() {
+            Some(key) => path = format!("/v1/chats?pageSize=1&lastEvaluatedKey={key}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![chats[1].clone(), chats[2].clone(), chats[0].clone()]
+    );
+    let (status, body) = server
+        .get("/v1/chats?lastEvaluatedKey=forged.key", Some(&s_token))
+        .await;
+    assert_error(status, &body, 400, "invalid_input");
+}
+
+async fn flooding_messages_is_rate_limited(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    let ((_, s_token), (_, v_token), chat) = connected_pair(&server).await;
+    // Two sockets: the per-user limit holds across them (each socket alone stays under its own
+    // frame limit).
+    let (mut one, _) = server.ws_authenticated(&s_token, None).await;
+    let (mut two, _) = server.ws_authenticated(&s_token, None).await;
+    let mut accepted = 0;
+    let mut limited = 0;
+    for i in 0..25 {
+        for ws in [&mut one, &mut two] {
+            let reply = send(ws, &chat, &format!("spam {i}"), None).await;
+            match reply["statusCode"].as_u64() {
+                Some(200) => accepted += 1,
+                Some(429) => {
+                    assert_eq!(reply["error"], json!("rate_limited"));
+                    limited += 1
+                }
+                other => panic!("unexpected {other:?}: {reply}"),
+            }
+        }
+    }
+    assert!(limited > 0, "flooding is refused");
+    assert!(accepted >= 30, "the burst is allowed: {accepted}");
+    let (_, body) = server
+        .get(&format!("/v1/chat/{chat}/messages"), Some(&v_token))
+        .await;
+    assert_eq!(
+        body["pagination"]["totalItems"],
+        json!(accepted),
+        "only accepted messages are stored"
+    );
+}
