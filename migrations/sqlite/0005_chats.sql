@@ -71,9 +71,9 @@ CREATE TABLE messages
     seq             INTEGER NOT NULL,
     sender_id       TEXT NOT NULL,
     client_id       text,
-    -- TEXT | schedule | call
+    -- text | schedule | call
     type            TEXT NOT NULL,
-    TEXT            TEXT NOT NULL,
+    text            TEXT NOT NULL,
     is_request      BOOLEAN NOT NULL DEFAULT 0,
     -- sent | delivered | read, and when it became so
     delivery_status TEXT NOT NULL,

@@ -207,8 +207,13 @@ async fn connect_requests_follow_the_rules(backend: Backend) {
     // Connected: lists, viewer relation, counters, no more requests.
     let (_, body) = server.get("/v1/connections/users", Some(&s_token)).await;
     assert_eq!(ids(&body), vec![v.clone()]);
-    let (_, body) = server.get(&format!("/v1/user/{v}"), Some(&s_token)).await;
-    assert_eq!(body["data"]["viewer"]["chat"]["id"], json!(chat_id));
+    // (Seniors do not see unverified volunteers' profiles; the volunteer sees the senior.)
+    let (_, body) = server.get(&format!("/v1/user/{s}"), Some(&v_token)).await;
+    assert_eq!(
+        body["data"]["viewer"]["chat"]["id"],
+        json!(chat_id),
+        "{body}"
+    );
     assert_eq!(
         body["data"]["viewer"]["connectRequest"]["status"],
         json!("accepted")
@@ -276,16 +281,16 @@ async fn message_requests_open_a_chat_only_when_accepted(backend: Backend) {
     assert_eq!(body["data"]["message"]["isRequest"], json!(true));
     assert_eq!(body["data"]["message"]["sender"]["id"], json!(s));
 
-    // The volunteer gets the message, an alert and the pending chat.
+    // The volunteer gets an alert, the message and the pending chat.
+    let alert = v_ws.push("alert.new").await;
+    assert_eq!(alert["data"]["alert"]["type"], json!("message-request"));
+    assert_eq!(alert["data"]["alert"]["chat"]["id"], json!(chat_id));
     let pushed = v_ws.push("chat.message.new").await;
     assert_eq!(
         pushed["data"]["message"]["text"],
         json!("Hello, I love gardening!")
     );
     assert_eq!(pushed["data"]["viewer"]["totalUnreadChats"], json!(1));
-    let alert = v_ws.push("alert.new").await;
-    assert_eq!(alert["data"]["alert"]["type"], json!("message-request"));
-    assert_eq!(alert["data"]["alert"]["chat"]["id"], json!(chat_id));
     let (_, body) = server.get("/v1/chats/pending", Some(&v_token)).await;
     assert_eq!(ids(&body), vec![chat_id.clone()]);
     assert_eq!(body["data"][0]["request"]["sender"]["id"], json!(s));
@@ -295,8 +300,12 @@ async fn message_requests_open_a_chat_only_when_accepted(backend: Backend) {
         vec![chat_id.clone()],
         "my own unanswered request"
     );
-    let (_, body) = server.get(&format!("/v1/user/{v}"), Some(&s_token)).await;
-    assert_eq!(body["data"]["viewer"]["chat"]["id"], json!(chat_id));
+    let (_, body) = server.get(&format!("/v1/user/{s}"), Some(&v_token)).await;
+    assert_eq!(
+        body["data"]["viewer"]["chat"]["id"],
+        json!(chat_id),
+        "{body}"
+    );
     assert_eq!(
         body["data"]["viewer"]["chat"]["request"]["status"],
         json!("pending")
@@ -572,11 +581,11 @@ async fn unread_counts_follow_send_deliver_and_read_on_two_sockets(backend: Back
         json!("read")
     );
     assert!(update["data"]["messagesMap"].get(&sent[2]).is_none());
-    let list = v_one.push("chats.update").await;
-    assert_eq!(
-        list["data"]["chatsMap"][&chat]["totalUnreadMessages"],
-        json!(1)
-    );
+    let unread_is = |n: i64| {
+        let chat = chat.clone();
+        move |v: &Value| v["data"]["chatsMap"][&chat]["totalUnreadMessages"] == json!(n)
+    };
+    let list = v_one.push_where("chats.update", unread_is(1)).await;
     assert_eq!(list["data"]["viewer"]["totalUnreadChats"], json!(1));
 
     // Reading an older message changes nothing; reading the last clears the chat.
@@ -593,21 +602,13 @@ async fn unread_counts_follow_send_deliver_and_read_on_two_sockets(backend: Back
                         "messagesMap": {&sent[2]: {"status": "read"}}}))
         .await;
     assert_eq!(reply["data"]["viewer"]["totalUnreadChats"], json!(0));
-    let list = v_two.push("chats.update").await;
-    assert_eq!(
-        list["data"]["chatsMap"][&chat]["totalUnreadMessages"],
-        json!(1)
-    );
-    let list = v_two.push("chats.update").await;
-    assert_eq!(
-        list["data"]["chatsMap"][&chat]["totalUnreadMessages"],
-        json!(0)
-    );
+    v_two.push_where("chats.update", unread_is(1)).await;
+    let list = v_two.push_where("chats.update", unread_is(0)).await;
     assert_eq!(list["data"]["viewer"]["totalUnreadChats"], json!(0));
     let (_, body) = server.get("/v1/chats/unread", Some(&v_token)).await;
     assert_eq!(body["data"], json!([]));
     let (_, body) = server.get("/v1/auth", Some(&v_token)).await;
-    assert_eq!(body["data"]["totalUnreadChats"], json!(0), "{body}");
+    assert_eq!(body["data"]["user"]["totalUnreadChats"], json!(0), "{body}");
     let (_, body) = server
         .get(&format!("/v1/chat/{chat}/messages"), Some(&s_token))
         .await;
@@ -648,7 +649,7 @@ async fn alerts_are_listed_and_marked_read_on_every_socket(backend: Backend) {
     assert!(alert["timestamp"].is_string());
     let alert_id = alert["id"].as_str().unwrap().to_string();
     let (_, body) = server.get("/v1/auth", Some(&v_token)).await;
-    assert_eq!(body["data"]["totalUnreadAlerts"], json!(1));
+    assert_eq!(body["data"]["user"]["totalUnreadAlerts"], json!(1));
 
     let (mut one, _) = server.ws_authenticated(&v_token, None).await;
     let (mut two, _) = server.ws_authenticated(&v_token, None).await;
@@ -687,7 +688,7 @@ async fn alerts_are_listed_and_marked_read_on_every_socket(backend: Backend) {
     let (_, body) = server.get("/v1/alerts", Some(&v_token)).await;
     assert_eq!(body["data"][0]["status"], json!("read"));
     let (_, body) = server.get("/v1/auth", Some(&v_token)).await;
-    assert_eq!(body["data"]["totalUnreadAlerts"], json!(0));
+    assert_eq!(body["data"]["user"]["totalUnreadAlerts"], json!(0));
 
     // Rebuilding the read models keeps ids and read marks.
     server.stop().await;
@@ -790,16 +791,16 @@ async fn chat_lists_search_rank_and_paginate(backend: Backend) {
         }
         chats.push(chat);
     }
-    // Most recent activity first: Bruno's chat had the last message, then Carla's (accepted
-    // after Alice's messages), then Alice's.
+    // Most recent activity first: Carla's chat opened last, Bruno's before it, then Alice's.
     let (_, body) = server.get("/v1/chats", Some(&s_token)).await;
     assert_eq!(
         ids(&body),
-        vec![chats[1].clone(), chats[2].clone(), chats[0].clone()]
+        vec![chats[2].clone(), chats[1].clone(), chats[0].clone()]
     );
     assert_eq!(body["pagination"]["totalItems"], json!(3));
-    assert_eq!(body["data"][0]["lastMessage"]["text"], json!("msg 2"));
-    assert_eq!(body["data"][0]["user"]["name"], json!("Bruno Chess"));
+    assert_eq!(body["data"][0]["lastMessage"], json!(null));
+    assert_eq!(body["data"][1]["lastMessage"]["text"], json!("msg 2"));
+    assert_eq!(body["data"][1]["user"]["name"], json!("Bruno Chess"));
 
     let (_, body) = server.get("/v1/chats?keyword=garden", Some(&s_token)).await;
     assert_eq!(ids(&body), vec![chats[2].clone(), chats[0].clone()]);
@@ -821,7 +822,7 @@ async fn chat_lists_search_rank_and_paginate(backend: Backend) {
     }
     assert_eq!(
         seen,
-        vec![chats[1].clone(), chats[2].clone(), chats[0].clone()]
+        vec![chats[2].clone(), chats[1].clone(), chats[0].clone()]
     );
     let (status, body) = server
         .get("/v1/chats?lastEvaluatedKey=forged.key", Some(&s_token))

@@ -368,6 +368,17 @@ impl Ws {
         }
     }
 
+    /// The next push with `action` whose frame satisfies `wanted`, skipping everything else
+    /// (earlier pushes of the same action included).
+    pub async fn push_where(&mut self, action: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.push(action).await;
+            if wanted(&v) {
+                return v;
+            }
+        }
+    }
+
     /// The next push with `action`, skipping replies and other pushes.
     pub async fn push(&mut self, action: &str) -> Value {
         loop {
