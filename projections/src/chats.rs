@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::FromRow;
 use talkamie_aggregates::pair::{Pair, PairEvent};
+use talkamie_aggregates::user::{User, UserEvent};
 
 use crate::db::Source;
 use crate::relations::iso;
@@ -170,6 +171,12 @@ async fn insert_message(
 }
 
 pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+    if event.aggregate_type == <User as cqrs_es::Aggregate>::TYPE {
+        if let UserEvent::UserDeleted { at } = event.decode::<UserEvent>()? {
+            forget_user(tx, &event.aggregate_id, at).await?;
+        }
+        return Ok(());
+    }
     if !is_pair_event(event) {
         return Ok(());
     }
@@ -360,6 +367,44 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             .await?;
         }
     }
+    Ok(())
+}
+
+/// A deleted user has no connections and no live requests any more (their chats stay, hidden
+/// from lists, so the other member's history is not rewritten).
+async fn forget_user(
+    tx: &mut DbTx,
+    user_id: &str,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    exec(
+        tx,
+        "DELETE FROM connections WHERE user_id = $1 OR other_id = $1",
+        &[Text(user_id)],
+    )
+    .await?;
+    exec(
+        tx,
+        "UPDATE connect_requests SET status = 'canceled', updated_at = $2
+          WHERE (from_id = $1 OR to_id = $1) AND status = 'pending'",
+        &[Text(user_id), Time(at)],
+    )
+    .await?;
+    exec(
+        tx,
+        "UPDATE chats SET request_status = 'canceled', is_open = $3, updated_at = $2
+          WHERE request_status = 'pending'
+            AND id IN (SELECT chat_id FROM chat_members WHERE user_id = $1)",
+        &[Text(user_id), Time(at), Bool(false)],
+    )
+    .await?;
+    exec(
+        tx,
+        "UPDATE chats SET is_open = $3, updated_at = $2
+          WHERE id IN (SELECT chat_id FROM chat_members WHERE user_id = $1)",
+        &[Text(user_id), Time(at), Bool(false)],
+    )
+    .await?;
     Ok(())
 }
 

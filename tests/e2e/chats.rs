@@ -246,6 +246,26 @@ async fn connect_requests_follow_the_rules(backend: Backend) {
         .get(&format!("/v1/chat/{chat_id}"), Some(&s_token))
         .await;
     assert_eq!(status, StatusCode::OK, "the history stays readable");
+
+    // A deleted user is 404 to requests, and their pending requests and connections go.
+    let (v2, v2_token) = user(&server, "volunteer").await;
+    server
+        .call("POST", &path(&s, ""), Some(&v2_token), None)
+        .await;
+    let (_, body) = server.get(&format!("/v1/user/{s}"), Some(&s_token)).await;
+    assert_eq!(body["data"]["totalPendingRequests"], json!(1));
+    let (status, body) = server
+        .call("DELETE", &format!("/v1/user/{v2}"), Some(&v2_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .call("POST", &path(&v2, ""), Some(&s_token), None)
+        .await;
+    assert_error(status, &body, 404, "not_found");
+    let (_, body) = server.get("/v1/connections/pending", Some(&s_token)).await;
+    assert_eq!(body["data"], json!([]));
+    let (_, body) = server.get(&format!("/v1/user/{s}"), Some(&s_token)).await;
+    assert_eq!(body["data"]["totalPendingRequests"], json!(0));
 }
 
 async fn message_requests_open_a_chat_only_when_accepted(backend: Backend) {
