@@ -9,6 +9,7 @@ pub mod email_claim;
 pub mod otp;
 pub mod pair;
 pub mod user;
+pub mod wallet;
 
 /// Implements `cqrs_es::DomainEvent` for an externally tagged event enum: the event type is the
 /// variant name, so the `event_type` column of the log is readable by analysts.
