@@ -81,12 +81,13 @@ async fn insert(
     Ok(())
 }
 
-/// Sets `status` inside the body's `field` of every alert about `subject_id`.
+/// Sets the status at `pointer` (a JSON pointer into the body, e.g. `/connectRequest/status`)
+/// in every alert about `subject_id`.
 async fn update_subject_status(
     tx: &mut DbTx,
     event: &StoredEvent,
     subject_id: &str,
-    field: &str,
+    pointer: &str,
     status: &str,
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
@@ -97,8 +98,8 @@ async fn update_subject_status(
             .await?
     });
     for (id, Json(mut body)) in rows {
-        if body.get(field).is_some_and(Value::is_object) {
-            body[field]["status"] = json!(status);
+        if let Some(slot) = body.pointer_mut(pointer) {
+            *slot = json!(status);
         }
         with_tx!(tx, conn => {
             sqlx::query(
@@ -115,6 +116,11 @@ async fn update_subject_status(
     }
     Ok(())
 }
+
+/// Where a connect request's status sits in an alert body.
+const CONNECT_STATUS: &str = "/connectRequest/status";
+/// Where a message request's status sits in an alert body.
+const MESSAGE_REQUEST_STATUS: &str = "/chat/request/status";
 
 fn connect_request(id: &str, status: &str, from: &str, to: &str) -> Value {
     json!({ "id": id, "status": status, "from": {"id": from}, "to": {"id": to} })
@@ -157,13 +163,13 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             insert(tx, event, &to, "connect-request", &request_id, body, at).await?;
         }
         PairEvent::ConnectionRequestCanceled { request_id, at } => {
-            update_subject_status(tx, event, &request_id, "connectRequest", "canceled", at).await?
+            update_subject_status(tx, event, &request_id, CONNECT_STATUS, "canceled", at).await?
         }
         PairEvent::ConnectionRequestRejected { request_id, at } => {
-            update_subject_status(tx, event, &request_id, "connectRequest", "rejected", at).await?
+            update_subject_status(tx, event, &request_id, CONNECT_STATUS, "rejected", at).await?
         }
         PairEvent::ConnectionAccepted { request_id, at } => {
-            update_subject_status(tx, event, &request_id, "connectRequest", "accepted", at).await?;
+            update_subject_status(tx, event, &request_id, CONNECT_STATUS, "accepted", at).await?;
             // The sender learns that their request was accepted.
             let parties: Option<(String, String)> = with_tx!(tx, conn => {
                 sqlx::query_as("SELECT from_id, to_id FROM connect_requests WHERE id = $1")
@@ -197,13 +203,37 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             insert(tx, event, &to, "message-request", &request_id, body, at).await?;
         }
         PairEvent::MessageRequestCanceled { request_id, at } => {
-            update_request_in_chat(tx, event, &request_id, "canceled", at).await?
+            update_subject_status(
+                tx,
+                event,
+                &request_id,
+                MESSAGE_REQUEST_STATUS,
+                "canceled",
+                at,
+            )
+            .await?
         }
         PairEvent::MessageRequestRejected { request_id, at } => {
-            update_request_in_chat(tx, event, &request_id, "rejected", at).await?
+            update_subject_status(
+                tx,
+                event,
+                &request_id,
+                MESSAGE_REQUEST_STATUS,
+                "rejected",
+                at,
+            )
+            .await?
         }
         PairEvent::MessageRequestAccepted { request_id, at } => {
-            update_request_in_chat(tx, event, &request_id, "accepted", at).await?;
+            update_subject_status(
+                tx,
+                event,
+                &request_id,
+                MESSAGE_REQUEST_STATUS,
+                "accepted",
+                at,
+            )
+            .await?;
             let parties: Option<(Option<String>, String)> = with_tx!(tx, conn => {
                 sqlx::query_as(
                     "SELECT c.request_sender, m.user_id FROM chats c
@@ -223,40 +253,6 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             }
         }
         _ => {}
-    }
-    Ok(())
-}
-
-/// Message-request alerts keep the request's status under `chat.request`.
-async fn update_request_in_chat(
-    tx: &mut DbTx,
-    event: &StoredEvent,
-    request_id: &str,
-    status: &str,
-    at: DateTime<Utc>,
-) -> Result<(), ProjectionError> {
-    let rows: Vec<(String, Json<Value>)> = with_tx!(tx, conn => {
-        sqlx::query_as("SELECT id, body FROM alerts WHERE subject_id = $1")
-            .bind(request_id)
-            .fetch_all(conn)
-            .await?
-    });
-    for (id, Json(mut body)) in rows {
-        if body["chat"]["request"].is_object() {
-            body["chat"]["request"]["status"] = json!(status);
-        }
-        with_tx!(tx, conn => {
-            sqlx::query(
-                "UPDATE alerts SET body = $2, changed_position = $3, updated_at = $4 WHERE id = $1",
-            )
-            .bind(&id)
-            .bind(Json(&body))
-            .bind(event.position)
-            .bind(at)
-            .execute(conn)
-            .await
-            .map(|r| r.rows_affected())?
-        });
     }
     Ok(())
 }
