@@ -188,21 +188,38 @@ impl Wallet {
     /// The next posting of `owner`'s wallet: `movement.delta` to the wallet, the opposite to
     /// `movement.counter_account`.
     fn post(&self, owner: &str, movement: Movement<'_>, at: DateTime<Utc>) -> WalletEvent {
+        let lines = vec![
+            Line {
+                account: accounts::user(owner),
+                coins: movement.delta,
+            },
+            Line {
+                account: movement.counter_account.to_string(),
+                coins: -movement.delta,
+            },
+        ];
+        let head = (movement.transaction_id, movement.kind, movement.reference);
+        self.chain(head, lines, at)
+    }
+
+    /// The next posting with these lines, chained to the wallet's head and hashed.
+    fn chain(
+        &self,
+        (transaction_id, kind, reference): (String, Kind, String),
+        lines: Vec<Line>,
+        at: DateTime<Utc>,
+    ) -> WalletEvent {
+        let delta: i64 = lines
+            .iter()
+            .filter(|l| l.account.starts_with("user:"))
+            .map(|l| l.coins)
+            .sum();
         let mut posting = Posting {
-            transaction_id: movement.transaction_id,
-            kind: movement.kind,
-            reference: movement.reference,
-            lines: vec![
-                Line {
-                    account: accounts::user(owner),
-                    coins: movement.delta,
-                },
-                Line {
-                    account: movement.counter_account.to_string(),
-                    coins: -movement.delta,
-                },
-            ],
-            balance: self.balance + movement.delta,
+            transaction_id,
+            kind,
+            reference,
+            lines,
+            balance: self.balance + delta,
             prev_hash: self.head(),
             at,
             hash: String::new(),
@@ -371,31 +388,26 @@ fn decide(
             }
             if succeeded {
                 // Wallet unchanged: the held coins move from pending to the payout account.
-                let mut posting = Posting {
-                    transaction_id: format!("{transaction_id}:payout"),
-                    kind: Kind::Payout,
-                    reference: transaction_id,
-                    lines: vec![
-                        Line {
-                            account: accounts::user(owner),
-                            coins: 0,
-                        },
-                        Line {
-                            account: accounts::WITHDRAWALS_PENDING.to_string(),
-                            coins: -withdrawal.coins,
-                        },
-                        Line {
-                            account: accounts::EXTERNAL_PAYOUTS.to_string(),
-                            coins: withdrawal.coins,
-                        },
-                    ],
-                    balance: wallet.balance,
-                    prev_hash: wallet.head(),
-                    at,
-                    hash: String::new(),
-                };
-                posting.hash = posting.compute_hash();
-                Some(WalletEvent::Posted(posting))
+                let lines = vec![
+                    Line {
+                        account: accounts::user(owner),
+                        coins: 0,
+                    },
+                    Line {
+                        account: accounts::WITHDRAWALS_PENDING.to_string(),
+                        coins: -withdrawal.coins,
+                    },
+                    Line {
+                        account: accounts::EXTERNAL_PAYOUTS.to_string(),
+                        coins: withdrawal.coins,
+                    },
+                ];
+                let head = (
+                    format!("{transaction_id}:payout"),
+                    Kind::Payout,
+                    transaction_id,
+                );
+                Some(wallet.chain(head, lines, at))
             } else {
                 Some(wallet.post(
                     owner,

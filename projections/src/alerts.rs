@@ -15,7 +15,7 @@ use talkamie_aggregates::pair::PairEvent;
 use uuid::Uuid;
 
 use crate::chats::is_pair_event;
-use crate::db::Source;
+use crate::db::{placeholders, Source};
 use crate::relations::iso;
 use crate::{with_source, with_tx, DbTx, ProjectionError, StoredEvent};
 
@@ -345,10 +345,7 @@ pub async fn statuses(
     if ids.is_empty() {
         return Ok(vec![]);
     }
-    let list = (2..2 + ids.len())
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = placeholders(2, ids.len());
     let sql =
         format!("SELECT id, status FROM alerts WHERE user_id = $1 AND id IN ({list}) ORDER BY id");
     with_source!(source, conn => {

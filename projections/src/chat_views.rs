@@ -11,12 +11,10 @@ use crate::users;
 
 /// Whether `user_id` has an open socket on any live instance (the presence table).
 pub async fn online(source: Source<'_>, user_id: &str) -> Result<bool, sqlx::Error> {
-    let fresh = chrono::Utc::now() - chrono::Duration::seconds(90);
-    let sql = "SELECT COUNT(*) FROM presence WHERE user_id = $1 AND sockets > 0 AND seen_at > $2";
-    let n: i64 = crate::with_source!(source, conn => {
-        sqlx::query_scalar(sql).bind(user_id).bind(fresh).fetch_one(conn).await?
-    });
-    Ok(n > 0)
+    let ids = [user_id.to_string()];
+    Ok(!crate::presence::online_among(source, &ids)
+        .await?
+        .is_empty())
 }
 
 /// `basic_chat`: `{id, type, user, timestamp, lastMessage, totalUnreadMessages, request?}`, as

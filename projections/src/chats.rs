@@ -11,7 +11,7 @@ use sqlx::FromRow;
 use talkamie_aggregates::pair::{Pair, PairEvent};
 use talkamie_aggregates::user::{User, UserEvent};
 
-use crate::db::Source;
+use crate::db::{placeholders, Source};
 use crate::relations::iso;
 use crate::{with_source, with_tx, DbTx, ProjectionError, StoredEvent};
 
@@ -623,6 +623,24 @@ pub async fn message(source: Source<'_>, id: &str) -> Result<Option<MessageRow>,
         .next())
 }
 
+/// The messages of `chat_id` among `ids`, in chat order.
+pub async fn messages_by_ids(
+    source: Source<'_>,
+    chat_id: &str,
+    ids: &[String],
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let condition = format!(
+        "x.chat_id = $1 AND x.id IN ({})",
+        placeholders(2, ids.len())
+    );
+    let mut binds = vec![Text(chat_id)];
+    binds.extend(ids.iter().map(|id| Text(id)));
+    messages_where(source, &condition, &binds, "ORDER BY x.seq").await
+}
+
 /// The message `sender` already sent into `chat_id` with `client_id` (idempotent retries).
 pub async fn message_by_client_id(
     source: Source<'_>,
@@ -684,10 +702,7 @@ pub async fn received_seqs(
     if ids.is_empty() {
         return Ok(vec![]);
     }
-    let list = (3..3 + ids.len())
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = placeholders(3, ids.len());
     let sql = format!(
         "SELECT id, seq FROM messages WHERE chat_id = $1 AND sender_id <> $2 AND id IN ({list})"
     );

@@ -72,6 +72,14 @@ impl DbTx {
     }
 }
 
+/// `$start, $start+1, ...` for an `IN (...)` list of `n` values.
+pub fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Where a read runs: the pool (HTTP handlers) or an open transaction (the projector, which
 /// renders pushes from the read models it is writing).
 pub enum Source<'a> {

@@ -92,6 +92,21 @@ async fn user_update(
     Ok(1)
 }
 
+/// `basic_chat` of `chat_id` as member `user_id` sees it now, if they are a member.
+async fn render_chat(
+    tx: &mut DbTx,
+    chat_id: &str,
+    user_id: &str,
+) -> Result<Option<Value>, ProjectionError> {
+    let Some(view) = chats::find_for_member(tx.into(), chat_id, user_id).await? else {
+        return Ok(None);
+    };
+    let online = chat_views::online(tx.into(), &view.other_id).await?;
+    Ok(Some(
+        chat_views::basic_chat(tx.into(), &view, online).await?,
+    ))
+}
+
 /// `chat.update` with the chat as `user_id` sees it.
 async fn chat_update(
     tx: &mut DbTx,
@@ -99,11 +114,9 @@ async fn chat_update(
     user_id: &str,
     at: DateTime<Utc>,
 ) -> Result<usize, ProjectionError> {
-    let Some(view) = chats::find_for_member(tx.into(), chat_id, user_id).await? else {
+    let Some(chat) = render_chat(tx, chat_id, user_id).await? else {
         return Ok(0);
     };
-    let online = chat_views::online(tx.into(), &view.other_id).await?;
-    let chat = chat_views::basic_chat(tx.into(), &view, online).await?;
     push(tx, user_id, "chat.update", &json!({ "chat": chat }), at).await?;
     Ok(1)
 }
@@ -115,11 +128,9 @@ async fn chats_update(
     user_id: &str,
     at: DateTime<Utc>,
 ) -> Result<usize, ProjectionError> {
-    let Some(view) = chats::find_for_member(tx.into(), chat_id, user_id).await? else {
+    let Some(chat) = render_chat(tx, chat_id, user_id).await? else {
         return Ok(0);
     };
-    let online = chat_views::online(tx.into(), &view.other_id).await?;
-    let chat = chat_views::basic_chat(tx.into(), &view, online).await?;
     let unread_chats = chats::total_unread_chats(tx.into(), user_id).await?;
     let payload = json!({
         "chatsMap": { chat_id: chat },

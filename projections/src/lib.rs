@@ -12,6 +12,7 @@ pub mod db;
 pub mod directory;
 pub mod feed;
 pub mod log;
+pub mod presence;
 pub mod profiles;
 pub mod projector;
 pub mod relations;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use crate::db::Source;
+use crate::db::{placeholders, Source};
 use crate::with_source;
 
 /// The reader's relation to one other user.
@@ -35,14 +35,6 @@ pub struct Counters {
 
 pub fn iso(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// `$start, $start+1, ...` for an `IN (...)` list of `n` values.
-fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 type RequestRow = (String, String, String, String);

@@ -431,12 +431,13 @@ pub async fn update_messages(
             execute_pair(state, &chat_id, command, who.metadata()).await?;
         }
     }
-    let mut answer = Map::new();
-    for (id, _) in &seqs {
-        if let Some(message) = chats::message((&state.store.db).into(), id).await? {
-            answer.insert(id.clone(), message.to_json()["delivery"].clone());
-        }
-    }
+    let received: Vec<String> = seqs.into_iter().map(|(id, _)| id).collect();
+    let answer: Map<String, Value> =
+        chats::messages_by_ids((&state.store.db).into(), &chat_id, &received)
+            .await?
+            .iter()
+            .map(|m| (m.id.clone(), m.to_json()["delivery"].clone()))
+            .collect();
     let unread = chats::total_unread_chats((&state.store.db).into(), &who.user_id).await?;
     Ok(json!({
         "chat": {"id": chat_id},

@@ -131,10 +131,7 @@ pub fn time_id_keyset(key: Option<Value>) -> Result<Option<(DateTime<Utc>, Strin
 
 /// The keyset of a user row (the inverse of [`user_keyset`]).
 pub fn user_sort_key(user: &UserRecord) -> Value {
-    json!([
-        user.insert_date.to_rfc3339_opts(SecondsFormat::Nanos, true),
-        user.id
-    ])
+    time_id_sort_key(user.insert_date, &user.id)
 }
 
 #[cfg(test)]

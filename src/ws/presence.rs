@@ -9,8 +9,7 @@ use chrono::Utc;
 use talkamie_projections::{with_pool, Db};
 
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
-/// Rows older than this are ignored (three missed heartbeats).
-pub const STALE_AFTER_SECS: i64 = 90;
+pub use talkamie_projections::presence::STALE_AFTER_SECS;
 
 /// Stores this instance's socket count for a user (0 removes the row).
 pub async fn record(
@@ -68,21 +67,5 @@ pub async fn clear(db: &Db, instance: &str) -> Result<(), sqlx::Error> {
 
 /// Which of `user_ids` have a socket on any live instance.
 pub async fn online_among(db: &Db, user_ids: &[String]) -> Result<HashSet<String>, sqlx::Error> {
-    if user_ids.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let placeholders: Vec<String> = (0..user_ids.len()).map(|i| format!("${}", i + 2)).collect();
-    let sql = format!(
-        "SELECT DISTINCT user_id FROM presence WHERE sockets > 0 AND seen_at > $1 AND user_id IN ({})",
-        placeholders.join(", ")
-    );
-    let fresh = Utc::now() - chrono::Duration::seconds(STALE_AFTER_SECS);
-    let rows: Vec<String> = with_pool!(db, pool => {
-        let mut query = sqlx::query_scalar(&sql).bind(fresh);
-        for id in user_ids {
-            query = query.bind(id);
-        }
-        query.fetch_all(pool).await?
-    });
-    Ok(rows.into_iter().collect())
+    talkamie_projections::presence::online_among(db.into(), user_ids).await
 }
