@@ -17,9 +17,11 @@ use utoipa_scalar::{Scalar, Servable};
 
 use crate::auth::TokenKeys;
 use crate::config::Settings;
-use crate::config::StorageKind;
+use crate::config::{PaymentsKind, StorageKind};
 use crate::http::{self, KnownPaths};
 use crate::providers::mail;
+use crate::providers::payments::{PaymentProvider, SandboxPayments, StripePayments};
+use crate::providers::payouts::SandboxPayouts;
 use crate::providers::s3::S3Files;
 use crate::providers::storage::{FileStore, LocalFiles};
 use crate::ratelimit::RateLimits;
@@ -74,13 +76,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
     let addr = listener.local_addr()?;
 
+    let public_base = settings
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let files = match &settings.storage {
         StorageKind::Local => FileStore::Local(LocalFiles::new(
             settings.data_dir.join("files"),
-            settings
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{addr}")),
+            public_base.clone(),
             secret(&store.db, "files")
                 .await
                 .context("reading the file key")?
@@ -92,6 +95,26 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             FileStore::S3(s3)
         }
     };
+    let internal_url = if addr.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    };
+    let payments: Box<dyn PaymentProvider> = match &settings.ledger.payments {
+        PaymentsKind::Sandbox => Box::new(SandboxPayments {
+            public_base: public_base.clone(),
+            secret: match &settings.ledger.webhook_secret {
+                Some(secret) => secret.clone(),
+                None => secret(&store.db, "webhook")
+                    .await
+                    .context("reading the webhook secret")?,
+            }
+            .into_bytes(),
+        }),
+        PaymentsKind::Stripe(stripe) => {
+            Box::new(StripePayments::new(stripe.clone(), public_base.clone()))
+        }
+    };
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         store: store.clone(),
@@ -100,10 +123,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         mailer,
         background_checks: Box::new(crate::providers::background::SandboxChecks),
         files,
+        payments,
+        payouts: Box::new(SandboxPayouts),
+        internal_url,
         limits: RateLimits::default(),
         hub: hub.clone(),
     });
     tokio::spawn(housekeeping(state.clone(), stop_rx.clone()));
+    tokio::spawn(crate::ledger::run_sweeper(state.clone(), stop_rx.clone()));
 
     let api = http::openapi();
     let known = web::Data::new(KnownPaths::from_openapi(

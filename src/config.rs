@@ -78,6 +78,36 @@ pub struct Settings {
     pub ws_idle_timeout_secs: u64,
     pub coins: CoinSettings,
     pub storage: StorageKind,
+    pub ledger: LedgerSettings,
+}
+
+/// Which payment provider takes top-ups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentsKind {
+    /// The built-in checkout page and signed webhook (`TALKAMIE_PAYMENTS=sandbox`, default).
+    Sandbox,
+    /// Stripe Checkout Sessions (`TALKAMIE_PAYMENTS=stripe`).
+    Stripe(StripeSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeSettings {
+    pub secret_key: String,
+    /// `whsec_...`: signs Stripe's webhook deliveries.
+    pub webhook_secret: String,
+    pub api_base: String,
+}
+
+/// Top-ups, withdrawals and the sweeper that settles what is left open.
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    pub payments: PaymentsKind,
+    /// Secret of the sandbox webhook signature; generated and kept in the store when unset.
+    pub webhook_secret: Option<String>,
+    /// Seconds an unpaid payment session stays open.
+    pub top_up_ttl_secs: u64,
+    /// Seconds between sweeps (expire unpaid sessions, resume unsettled payouts).
+    pub sweep_secs: u64,
 }
 
 impl Settings {
@@ -131,12 +161,23 @@ impl Settings {
                 None => Ok(default),
             }
         };
+        let payments = match get("TALKAMIE_PAYMENTS").as_deref().unwrap_or("sandbox") {
+            "sandbox" => PaymentsKind::Sandbox,
+            "stripe" => {
+                let need = |key: &str| {
+                    get(key).with_context(|| format!("TALKAMIE_PAYMENTS=stripe needs {key}"))
+                };
+                PaymentsKind::Stripe(StripeSettings {
+                    secret_key: need("STRIPE_SECRET_KEY")?,
+                    webhook_secret: need("STRIPE_WEBHOOK_SECRET")?,
+                    api_base: get("STRIPE_API_BASE")
+                        .unwrap_or_else(|| "https://api.stripe.com".into()),
+                })
+            }
+            other => bail!("TALKAMIE_PAYMENTS must be sandbox or stripe, not {other}"),
+        };
         // Providers of later features: only the built-in ones exist so far.
-        for (key, allowed) in [
-            ("TALKAMIE_PAYMENTS", "sandbox"),
-            ("TALKAMIE_PAYOUTS", "sandbox"),
-            ("TALKAMIE_PUSH", "file"),
-        ] {
+        for (key, allowed) in [("TALKAMIE_PAYOUTS", "sandbox"), ("TALKAMIE_PUSH", "file")] {
             if let Some(value) = get(key) {
                 if value != allowed {
                     bail!("{key}={value} is not available yet (only {allowed})");
@@ -200,7 +241,14 @@ impl Settings {
             }
             other => bail!("TALKAMIE_STORAGE must be local or s3, not {other}"),
         };
+        let ledger = LedgerSettings {
+            payments,
+            webhook_secret: get("TALKAMIE_WEBHOOK_SECRET"),
+            top_up_ttl_secs: seconds("TALKAMIE_TOPUP_SESSION_TTL_SECS", 24 * 3600)?,
+            sweep_secs: seconds("TALKAMIE_LEDGER_SWEEP_SECS", 30)?.max(1),
+        };
         Ok(Settings {
+            ledger,
             storage,
             coins,
             port,

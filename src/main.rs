@@ -1,7 +1,9 @@
 //! The `talkamie` command: the server and its operations tools.
 
-use clap::{Parser, Subcommand};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
 use talkamie::config::Settings;
+use talkamie::ledger::audit;
 use talkamie::store::{self, Store};
 use talkamie::{app, telemetry};
 use talkamie_projections::Projection;
@@ -33,6 +35,55 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// The coins ledger: audit and statements.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Replay every ledger event and prove every coin; exits 1 on any discrepancy.
+    Audit {
+        /// Audit one wallet (a user id)
+        #[arg(long)]
+        user: Option<String>,
+        /// Replay only events recorded up to this time (ISO-8601)
+        #[arg(long, value_parser = parse_time)]
+        as_of: Option<DateTime<Utc>>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: AuditFormat,
+    },
+    /// One user's postings.
+    Statement {
+        #[arg(long)]
+        user: String,
+        #[arg(long, value_parser = parse_time)]
+        from: Option<DateTime<Utc>>,
+        #[arg(long, value_parser = parse_time)]
+        to: Option<DateTime<Utc>>,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: StatementFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AuditFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatementFormat {
+    Csv,
+    Json,
+}
+
+fn parse_time(raw: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("an ISO-8601 time like 2026-11-25T13:30:00Z: {e}"))
 }
 
 #[derive(Subcommand)]
@@ -97,6 +148,40 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     None => anyhow::anyhow!("{}", e.message),
                 })?;
             println!("admin created: {user_id}");
+            Ok(())
+        }
+        Command::Ledger { command } => {
+            let store = Store::open(&settings).await?;
+            match command {
+                LedgerCommand::Audit {
+                    user,
+                    as_of,
+                    format,
+                } => {
+                    let report = audit::audit_settled(&store, user.as_deref(), as_of).await?;
+                    match format {
+                        AuditFormat::Text => print!("{}", report.to_text()),
+                        AuditFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                    }
+                    if !report.ok {
+                        std::process::exit(1);
+                    }
+                }
+                LedgerCommand::Statement {
+                    user,
+                    from,
+                    to,
+                    format,
+                } => {
+                    let lines = audit::statement(&store.db, &user, from, to).await?;
+                    match format {
+                        StatementFormat::Csv => print!("{}", audit::statement_csv(&lines)),
+                        StatementFormat::Json => {
+                            println!("{}", serde_json::to_string_pretty(&lines)?)
+                        }
+                    }
+                }
+            }
             Ok(())
         }
         Command::Projections { command } => {

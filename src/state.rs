@@ -6,6 +6,8 @@ use crate::auth::TokenKeys;
 use crate::config::Settings;
 use crate::providers::background::BackgroundChecks;
 use crate::providers::mail::Mailer;
+use crate::providers::payments::PaymentProvider;
+use crate::providers::payouts::PayoutProvider;
 use crate::providers::storage::FileStore;
 use crate::ratelimit::RateLimits;
 use crate::store::Store;
@@ -20,6 +22,10 @@ pub struct AppState {
     pub mailer: Box<dyn Mailer>,
     pub background_checks: Box<dyn BackgroundChecks>,
     pub files: FileStore,
+    pub payments: Box<dyn PaymentProvider>,
+    pub payouts: Box<dyn PayoutProvider>,
+    /// How this server reaches itself (the sandbox posts its webhooks there).
+    pub internal_url: String,
     pub limits: RateLimits,
     pub hub: Arc<Hub>,
 }

@@ -1,13 +1,15 @@
 //! The Wallet aggregate (one per user): the user's coins as a chain of balanced postings.
 //!
-//! Every event is a `Posted` movement: a double entry whose lines sum to zero over the accounts
-//! (the user's wallet, platform revenue, withdrawals in flight, external payments and payouts).
-//! Only the user's wallet is constrained (never below zero), so each movement lives in the one
-//! stream whose invariant it touches, and the system accounts are the sums of their lines over
-//! all wallets: no hot system stream that every top-up would contend on.
+//! Money moves only in `Posted` events (the ledger events): a double entry whose lines sum to
+//! zero over the accounts (the user's wallet, platform revenue, withdrawals in flight, external
+//! payments and payouts). Only the user's wallet is constrained (never below zero), so each
+//! movement lives in the one stream whose invariant it touches, and the system accounts are the
+//! sums of their lines over all wallets: no hot system stream that every top-up contends on.
 //!
-//! Each posting carries the hash of the wallet's previous posting and its own hash, so an
-//! auditor replaying the log detects an edited, removed or reordered event.
+//! The other events record what is not money yet: an opened payment session, how an unpaid one
+//! ended, and what a withdrawal's payout should send. Each posting carries the hash of the
+//! wallet's previous posting and its own hash, so an auditor replaying the log detects an
+//! edited, removed or reordered posting; gaps in the stream's sequence show removed events.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain_event;
+use crate::user::Sealed;
 
 /// The largest amount one movement may carry (a guard against overflow and typos).
 pub const MAX_COINS: i64 = 1_000_000_000;
@@ -97,35 +100,90 @@ impl Posting {
     }
 }
 
+/// How a top-up session ended without payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopUpOutcome {
+    Canceled,
+    Expired,
+    Failed,
+}
+
+/// A payment session opened with a provider, as the wallet remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUp {
+    pub transaction_id: String,
+    pub session_id: String,
+    pub provider: String,
+    /// The page where the customer pays.
+    pub url: String,
+    pub coins: i64,
+    /// The price the customer pays, in US cents.
+    pub funds_cents: i64,
+    pub currency: String,
+    pub expires_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WalletCommand {
-    /// A paid payment session: credits the coins, once per session.
+    /// Records a payment session; its coins are credited when the provider says it was paid.
+    OpenTopUp { top_up: TopUp, min_coins: i64 },
+    /// The provider reports the session paid: credits its coins, once per session. The amount
+    /// comes from the opened session, never from the notification.
     CreditTopUp {
-        transaction_id: String,
         session_id: String,
-        coins: i64,
+        at: DateTime<Utc>,
+    },
+    /// The session ended unpaid (canceled, expired, failed). Ignored once paid or ended.
+    CloseTopUp {
+        session_id: String,
+        outcome: TopUpOutcome,
         at: DateTime<Utc>,
     },
     /// Holds the coins of a withdrawal at once; a payout settles it later.
     RequestWithdrawal {
         transaction_id: String,
         coins: i64,
+        /// The payout in US cents and where it goes (sealed with the owner's key).
+        funds_cents: i64,
+        currency: String,
+        paypal_email: Sealed,
         /// Rules from the configuration and the owner's type, checked here.
         is_volunteer: bool,
         min_coins: i64,
         limit_30d: i64,
         at: DateTime<Utc>,
     },
-    /// The payout provider's answer for a pending withdrawal.
+    /// The payout provider's answer for a pending withdrawal; a failure refunds the coins
+    /// as the transaction `refund_id`.
     SettleWithdrawal {
         transaction_id: String,
         succeeded: bool,
+        refund_id: String,
         at: DateTime<Utc>,
     },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WalletEvent {
+    TopUpOpened(TopUp),
+    TopUpClosed {
+        transaction_id: String,
+        session_id: String,
+        outcome: TopUpOutcome,
+        at: DateTime<Utc>,
+    },
+    /// What the payout provider is asked to send for a withdrawal (its coins are held by the
+    /// `Posted` withdrawal that comes with it).
+    PayoutOrdered {
+        transaction_id: String,
+        funds_cents: i64,
+        currency: String,
+        paypal_email: Sealed,
+        at: DateTime<Utc>,
+    },
+    /// A money movement: the only ledger event, hash-chained.
     Posted(Posting),
 }
 domain_event!(WalletEvent, "1");
@@ -134,6 +192,8 @@ domain_event!(WalletEvent, "1");
 pub enum WalletError {
     #[error("coins must be a whole number from 1 to {MAX_COINS}")]
     InvalidAmount,
+    #[error("the minimum purchase is {0} coins")]
+    BelowMinimumPurchase(i64),
     #[error("only volunteers withdraw coins")]
     NotAVolunteer,
     #[error("the minimum withdrawal is {0} coins")]
@@ -144,6 +204,22 @@ pub enum WalletError {
     OverLimit { limit: i64, left: i64 },
     #[error("no pending withdrawal with this id")]
     NotPending,
+    #[error("no payment session with this id")]
+    UnknownSession,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum SessionState {
+    Open,
+    Paid,
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    transaction_id: String,
+    coins: i64,
+    state: SessionState,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,8 +245,8 @@ pub struct Wallet {
     owner: Option<String>,
     balance: i64,
     head: Option<String>,
-    /// Sessions already credited (exactly-once top-ups).
-    credited_sessions: BTreeMap<String, String>,
+    /// Payment sessions by session id (exactly-once top-ups).
+    sessions: BTreeMap<String, Session>,
     withdrawals: BTreeMap<String, Withdrawal>,
 }
 
@@ -262,14 +338,37 @@ impl Aggregate for Wallet {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if let Some(event) = decide(self, &owner, command)? {
+        for event in decide(self, &owner, command)? {
             sink.write(event, self).await;
         }
         Ok(())
     }
 
     fn apply(&mut self, event: Self::Event) {
-        let WalletEvent::Posted(posting) = event;
+        match event {
+            WalletEvent::TopUpOpened(top_up) => {
+                self.sessions.insert(
+                    top_up.session_id,
+                    Session {
+                        transaction_id: top_up.transaction_id,
+                        coins: top_up.coins,
+                        state: SessionState::Open,
+                    },
+                );
+            }
+            WalletEvent::TopUpClosed { session_id, .. } => {
+                if let Some(session) = self.sessions.get_mut(&session_id) {
+                    session.state = SessionState::Closed;
+                }
+            }
+            WalletEvent::PayoutOrdered { .. } => {}
+            WalletEvent::Posted(posting) => self.apply_posting(posting),
+        }
+    }
+}
+
+impl Wallet {
+    fn apply_posting(&mut self, posting: Posting) {
         if self.owner.is_none() {
             self.owner = posting
                 .lines
@@ -281,8 +380,9 @@ impl Aggregate for Wallet {
         self.head = Some(posting.hash.clone());
         match posting.kind {
             Kind::Purchase => {
-                self.credited_sessions
-                    .insert(posting.reference.clone(), posting.transaction_id.clone());
+                if let Some(session) = self.sessions.get_mut(&posting.reference) {
+                    session.state = SessionState::Paid;
+                }
             }
             Kind::Withdrawal => {
                 self.withdrawals.insert(
@@ -310,33 +410,65 @@ fn decide(
     wallet: &Wallet,
     owner: &str,
     command: WalletCommand,
-) -> Result<Option<WalletEvent>, WalletError> {
+) -> Result<Vec<WalletEvent>, WalletError> {
     Ok(match command {
-        WalletCommand::CreditTopUp {
-            transaction_id,
-            session_id,
-            coins,
-            at,
-        } => {
-            check_amount(coins)?;
-            if wallet.credited_sessions.contains_key(&session_id) {
-                return Ok(None);
+        WalletCommand::OpenTopUp { top_up, min_coins } => {
+            if wallet.sessions.contains_key(&top_up.session_id) {
+                return Ok(vec![]);
             }
-            Some(wallet.post(
+            check_amount(top_up.coins)?;
+            if top_up.coins < min_coins {
+                return Err(WalletError::BelowMinimumPurchase(min_coins));
+            }
+            vec![WalletEvent::TopUpOpened(top_up)]
+        }
+        WalletCommand::CreditTopUp { session_id, at } => {
+            let session = wallet
+                .sessions
+                .get(&session_id)
+                .ok_or(WalletError::UnknownSession)?;
+            // Money that arrived is always credited, even for a session that had expired
+            // locally; a session is credited at most once.
+            if session.state == SessionState::Paid {
+                return Ok(vec![]);
+            }
+            vec![wallet.post(
                 owner,
                 Movement {
-                    transaction_id,
+                    transaction_id: session.transaction_id.clone(),
                     kind: Kind::Purchase,
                     reference: session_id,
-                    delta: coins,
+                    delta: session.coins,
                     counter_account: accounts::EXTERNAL_PAYMENTS,
                 },
                 at,
-            ))
+            )]
+        }
+        WalletCommand::CloseTopUp {
+            session_id,
+            outcome,
+            at,
+        } => {
+            let session = wallet
+                .sessions
+                .get(&session_id)
+                .ok_or(WalletError::UnknownSession)?;
+            if session.state != SessionState::Open {
+                return Ok(vec![]);
+            }
+            vec![WalletEvent::TopUpClosed {
+                transaction_id: session.transaction_id.clone(),
+                session_id,
+                outcome,
+                at,
+            }]
         }
         WalletCommand::RequestWithdrawal {
             transaction_id,
             coins,
+            funds_cents,
+            currency,
+            paypal_email,
             is_volunteer,
             min_coins,
             limit_30d,
@@ -344,7 +476,7 @@ fn decide(
         } => {
             if wallet.withdrawals.contains_key(&transaction_id) {
                 // A retry with the same idempotency key.
-                return Ok(None);
+                return Ok(vec![]);
             }
             if !is_volunteer {
                 return Err(WalletError::NotAVolunteer);
@@ -363,21 +495,31 @@ fn decide(
                     left: left.max(0),
                 });
             }
-            Some(wallet.post(
-                owner,
-                Movement {
-                    transaction_id: transaction_id.clone(),
-                    kind: Kind::Withdrawal,
-                    reference: transaction_id,
-                    delta: -coins,
-                    counter_account: accounts::WITHDRAWALS_PENDING,
+            vec![
+                wallet.post(
+                    owner,
+                    Movement {
+                        transaction_id: transaction_id.clone(),
+                        kind: Kind::Withdrawal,
+                        reference: transaction_id.clone(),
+                        delta: -coins,
+                        counter_account: accounts::WITHDRAWALS_PENDING,
+                    },
+                    at,
+                ),
+                WalletEvent::PayoutOrdered {
+                    transaction_id,
+                    funds_cents,
+                    currency,
+                    paypal_email,
+                    at,
                 },
-                at,
-            ))
+            ]
         }
         WalletCommand::SettleWithdrawal {
             transaction_id,
             succeeded,
+            refund_id,
             at,
         } => {
             let Some(withdrawal) = wallet.withdrawals.get(&transaction_id) else {
@@ -402,24 +544,20 @@ fn decide(
                         coins: withdrawal.coins,
                     },
                 ];
-                let head = (
-                    format!("{transaction_id}:payout"),
-                    Kind::Payout,
-                    transaction_id,
-                );
-                Some(wallet.chain(head, lines, at))
+                let head = (transaction_id.clone(), Kind::Payout, transaction_id);
+                vec![wallet.chain(head, lines, at)]
             } else {
-                Some(wallet.post(
+                vec![wallet.post(
                     owner,
                     Movement {
-                        transaction_id: format!("{transaction_id}:refund"),
+                        transaction_id: refund_id,
                         kind: Kind::Refund,
                         reference: transaction_id,
                         delta: withdrawal.coins,
                         counter_account: accounts::WITHDRAWALS_PENDING,
                     },
                     at,
-                ))
+                )]
             }
         }
     })
@@ -438,30 +576,63 @@ mod tests {
             .unwrap_or_default()
     }
 
-    fn top_up(session: &str, coins: i64) -> (String, WalletCommand) {
-        (
-            "u".into(),
-            WalletCommand::CreditTopUp {
+    fn cmd(command: WalletCommand) -> (String, WalletCommand) {
+        ("u".into(), command)
+    }
+
+    fn open(session: &str, coins: i64) -> (String, WalletCommand) {
+        cmd(WalletCommand::OpenTopUp {
+            top_up: TopUp {
                 transaction_id: format!("t-{session}"),
                 session_id: session.into(),
+                provider: "sandbox".into(),
+                url: format!("https://pay.test/{session}"),
                 coins,
+                funds_cents: coins,
+                currency: "usd".into(),
+                expires_at: at(2),
                 at: at(1),
             },
-        )
+            min_coins: 50,
+        })
+    }
+
+    fn pay(session: &str) -> (String, WalletCommand) {
+        cmd(WalletCommand::CreditTopUp {
+            session_id: session.into(),
+            at: at(1),
+        })
+    }
+
+    fn close(session: &str, outcome: TopUpOutcome) -> (String, WalletCommand) {
+        cmd(WalletCommand::CloseTopUp {
+            session_id: session.into(),
+            outcome,
+            at: at(2),
+        })
     }
 
     fn withdraw(id: &str, coins: i64, day: u32) -> (String, WalletCommand) {
-        (
-            "u".into(),
-            WalletCommand::RequestWithdrawal {
-                transaction_id: id.into(),
-                coins,
-                is_volunteer: true,
-                min_coins: 100,
-                limit_30d: 1000,
-                at: at(day),
-            },
-        )
+        cmd(WalletCommand::RequestWithdrawal {
+            transaction_id: id.into(),
+            coins,
+            funds_cents: coins,
+            currency: "usd".into(),
+            paypal_email: Sealed("sealed".into()),
+            is_volunteer: true,
+            min_coins: 100,
+            limit_30d: 1000,
+            at: at(day),
+        })
+    }
+
+    fn settle(id: &str, succeeded: bool) -> (String, WalletCommand) {
+        cmd(WalletCommand::SettleWithdrawal {
+            transaction_id: id.into(),
+            succeeded,
+            refund_id: format!("{id}-refund"),
+            at: at(3),
+        })
     }
 
     /// Runs commands against an empty wallet, feeding each result back, and returns the events.
@@ -469,77 +640,129 @@ mod tests {
         let mut wallet = Wallet::default();
         let mut events = Vec::new();
         for (owner, command) in commands {
-            if let Ok(Some(event)) = decide(&wallet, &owner, command) {
-                wallet.apply(event.clone());
-                events.push(event);
+            if let Ok(new) = decide(&wallet, &owner, command) {
+                for event in new {
+                    wallet.apply(event.clone());
+                    events.push(event);
+                }
             }
         }
         events
     }
 
+    fn funded(coins: i64) -> Vec<(String, WalletCommand)> {
+        vec![open("s1", coins), pay("s1")]
+    }
+
     fn postings(events: &[WalletEvent]) -> Vec<Posting> {
         events
             .iter()
-            .map(|WalletEvent::Posted(p)| p.clone())
+            .filter_map(|e| match e {
+                WalletEvent::Posted(p) => Some(p.clone()),
+                _ => None,
+            })
             .collect()
     }
 
     #[test]
-    fn a_top_up_is_a_balanced_posting_chained_to_genesis() {
-        let events = history(vec![top_up("s1", 500)]);
+    fn a_paid_top_up_is_a_balanced_posting_chained_to_genesis() {
+        let opened = history(vec![open("s1", 500)]);
+        let events = history(funded(500));
         let posting = &postings(&events)[0];
         assert!(posting.is_balanced());
         assert_eq!(posting.balance, 500);
+        assert_eq!(posting.transaction_id, "t-s1");
         assert_eq!(posting.prev_hash, GENESIS_HASH);
         assert_eq!(posting.hash, posting.compute_hash());
         assert_eq!(posting.lines[1].account, accounts::EXTERNAL_PAYMENTS);
         Given::with(())
-            .given_no_previous_events()
-            .when(top_up("s1", 500))
-            .then_expect_events(events);
+            .given(opened)
+            .when(pay("s1"))
+            .then_expect_events(events[1..].to_vec());
     }
 
     #[test]
-    fn a_session_is_credited_once() {
+    fn a_session_is_credited_once_whatever_the_order_of_notifications() {
         Given::with(())
-            .given(history(vec![top_up("s1", 500)]))
-            .when(top_up("s1", 500))
+            .given(history(funded(500)))
+            .when(pay("s1"))
+            .then_expect_events(vec![]);
+        // "Expired" after "paid" changes nothing.
+        Given::with(())
+            .given(history(funded(500)))
+            .when(close("s1", TopUpOutcome::Expired))
+            .then_expect_events(vec![]);
+        // "Paid" after "expired": the money arrived, so the coins are credited (once).
+        let late = history(vec![
+            open("s1", 500),
+            close("s1", TopUpOutcome::Expired),
+            pay("s1"),
+            pay("s1"),
+        ]);
+        assert_eq!(postings(&late).len(), 1);
+        assert_eq!(postings(&late)[0].balance, 500);
+        // Opening the same session twice records it once.
+        Given::with(())
+            .given(history(vec![open("s1", 500)]))
+            .when(open("s1", 500))
             .then_expect_events(vec![]);
     }
 
     #[test]
-    fn amounts_are_positive_and_bounded() {
+    fn unknown_sessions_are_refused() {
+        Given::with(())
+            .given_no_previous_events()
+            .when(pay("nope"))
+            .then_expect_error(WalletError::UnknownSession);
+        Given::with(())
+            .given_no_previous_events()
+            .when(close("nope", TopUpOutcome::Canceled))
+            .then_expect_error(WalletError::UnknownSession);
+    }
+
+    #[test]
+    fn amounts_are_positive_bounded_and_at_least_the_minimum_purchase() {
         for coins in [0, -5, MAX_COINS + 1] {
             Given::with(())
                 .given_no_previous_events()
-                .when(top_up("s1", coins))
+                .when(open("s1", coins))
                 .then_expect_error(WalletError::InvalidAmount);
         }
+        Given::with(())
+            .given_no_previous_events()
+            .when(open("s1", 49))
+            .then_expect_error(WalletError::BelowMinimumPurchase(50));
     }
 
     #[test]
     fn withdrawals_hold_the_coins_and_respect_minimum_balance_and_limit() {
-        let funded = history(vec![top_up("s1", 2000)]);
+        let rich = history(funded(2000));
         Given::with(())
-            .given(funded.clone())
+            .given(rich.clone())
             .when(withdraw("w1", 99, 2))
             .then_expect_error(WalletError::BelowMinimum(100));
         Given::with(())
-            .given(funded.clone())
+            .given(rich.clone())
             .when(withdraw("w1", 1001, 2))
             .then_expect_error(WalletError::OverLimit {
                 limit: 1000,
                 left: 1000,
             });
         Given::with(())
-            .given(history(vec![top_up("s1", 150)]))
+            .given(history(funded(150)))
             .when(withdraw("w1", 200, 2))
             .then_expect_error(WalletError::InsufficientCoins(150));
-        let after = history(vec![top_up("s1", 2000), withdraw("w1", 800, 2)]);
+        let mut commands = funded(2000);
+        commands.push(withdraw("w1", 800, 2));
+        let after = history(commands);
         let posting = &postings(&after)[1];
         assert_eq!(posting.balance, 1200);
         assert_eq!(posting.prev_hash, postings(&after)[0].hash);
         assert!(posting.is_balanced());
+        assert!(matches!(
+            after.last(),
+            Some(WalletEvent::PayoutOrdered { transaction_id, .. }) if transaction_id == "w1"
+        ));
         Given::with(())
             .given(after.clone())
             .when(withdraw("w2", 300, 10))
@@ -552,67 +775,43 @@ mod tests {
             .given(after)
             .when(withdraw("w1", 800, 2))
             .then_expect_events(vec![]);
-        let senior = (
-            "u".to_string(),
-            WalletCommand::RequestWithdrawal {
-                transaction_id: "w9".into(),
-                coins: 100,
-                is_volunteer: false,
-                min_coins: 100,
-                limit_30d: 1000,
-                at: at(2),
-            },
-        );
+        let mut senior = withdraw("w9", 100, 2);
+        if let WalletCommand::RequestWithdrawal { is_volunteer, .. } = &mut senior.1 {
+            *is_volunteer = false;
+        }
         Given::with(())
-            .given(funded)
+            .given(rich)
             .when(senior)
             .then_expect_error(WalletError::NotAVolunteer);
     }
 
     #[test]
     fn a_failed_payout_refunds_and_frees_the_limit_a_paid_one_does_not() {
-        let settle = |succeeded| {
-            (
-                "u".to_string(),
-                WalletCommand::SettleWithdrawal {
-                    transaction_id: "w1".into(),
-                    succeeded,
-                    at: at(3),
-                },
-            )
-        };
-        let failed = history(vec![
-            top_up("s1", 2000),
-            withdraw("w1", 800, 2),
-            settle(false),
-        ]);
+        let mut commands = funded(2000);
+        commands.extend([withdraw("w1", 800, 2), settle("w1", false)]);
+        let failed = history(commands.clone());
         let refund = &postings(&failed)[2];
         assert_eq!(refund.kind, Kind::Refund);
+        assert_eq!(refund.transaction_id, "w1-refund");
         assert_eq!(refund.balance, 2000);
         assert!(refund.is_balanced());
         Given::with(())
-            .given(failed.clone())
-            .when(settle(true))
+            .given(failed)
+            .when(settle("w1", true))
             .then_expect_error(WalletError::NotPending);
-        let again = history(vec![
-            top_up("s1", 2000),
-            withdraw("w1", 800, 2),
-            settle(false),
-            withdraw("w2", 1000, 4),
-        ]);
+        commands.push(withdraw("w2", 1000, 4));
         assert_eq!(
-            postings(&again).len(),
+            postings(&history(commands)).len(),
             4,
             "a refunded withdrawal frees the limit"
         );
 
-        let paid = history(vec![
-            top_up("s1", 2000),
-            withdraw("w1", 800, 2),
-            settle(true),
-        ]);
+        let mut commands = funded(2000);
+        commands.extend([withdraw("w1", 800, 2), settle("w1", true)]);
+        let paid = history(commands);
         let payout = &postings(&paid)[2];
         assert_eq!(payout.kind, Kind::Payout);
+        assert_eq!(payout.transaction_id, "w1");
         assert_eq!(payout.balance, 1200);
         assert!(payout.is_balanced());
         Given::with(())
@@ -626,7 +825,7 @@ mod tests {
 
     #[test]
     fn editing_a_posting_breaks_its_hash() {
-        let events = history(vec![top_up("s1", 500)]);
+        let events = history(funded(500));
         let mut posting = postings(&events)[0].clone();
         posting.lines[0].coins = 5000;
         assert_ne!(posting.compute_hash(), posting.hash);

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::chats::is_pair_event;
 use crate::db::{placeholders, Source};
 use crate::relations::iso;
-use crate::{with_source, with_tx, DbTx, ProjectionError, StoredEvent};
+use crate::{ledger, with_source, with_tx, DbTx, ProjectionError, StoredEvent};
 
 pub const TABLES: &[&str] = &["alerts"];
 
@@ -60,6 +60,18 @@ async fn insert(
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
     let id = alert_id(event, user_id);
+    insert_with_id(tx, event, &id, user_id, (alert_type, subject_id), body, at).await
+}
+
+async fn insert_with_id(
+    tx: &mut DbTx,
+    event: &StoredEvent,
+    id: &str,
+    user_id: &str,
+    (alert_type, subject_id): (&str, &str),
+    body: Value,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
     with_tx!(tx, conn => {
         sqlx::query(
             "INSERT INTO alerts (id, user_id, type, status, subject_id, body, created_position,
@@ -67,7 +79,7 @@ async fn insert(
              VALUES ($1, $2, $3, 'unread', $4, $5, $6, $6, $7, $7)
              ON CONFLICT (id) DO NOTHING",
         )
-        .bind(&id)
+        .bind(id)
         .bind(user_id)
         .bind(alert_type)
         .bind(subject_id)
@@ -126,7 +138,34 @@ fn connect_request(id: &str, status: &str, from: &str, to: &str) -> Value {
     json!({ "id": id, "status": status, "from": {"id": from}, "to": {"id": to} })
 }
 
+/// A `transaction` alert for every transaction the event brought to a final status (one event
+/// may end two: a failed payout and its refund).
+async fn transaction_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+    for row in ledger::changed_at(tx.into(), event.position).await? {
+        if !row.is_final() {
+            continue;
+        }
+        let id = alert_id(event, &format!("{}:{}", row.user_id, row.id));
+        let body = json!({ "transaction": row.to_json() });
+        let subject = ("transaction", row.id.as_str());
+        insert_with_id(
+            tx,
+            event,
+            &id,
+            &row.user_id,
+            subject,
+            body,
+            event.recorded_at,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+    if ledger::is_wallet_event(event) {
+        return transaction_alerts(tx, event).await;
+    }
     if event.aggregate_type == <AlertInbox as cqrs_es::Aggregate>::TYPE {
         let AlertInboxEvent::AlertsRead { alert_ids, at } = event.decode()?;
         for id in alert_ids {

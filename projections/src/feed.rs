@@ -9,10 +9,11 @@ use sqlx::types::Json;
 use talkamie_aggregates::alert_inbox::{AlertInbox, AlertInboxEvent};
 use talkamie_aggregates::pair::PairEvent;
 use talkamie_aggregates::user::{User, UserEvent};
+use talkamie_aggregates::wallet::WalletEvent;
 
 use crate::chats::{self, is_pair_event};
 use crate::{
-    alerts, chat_views, relations, users, with_pool, with_tx, Db, DbTx, ProjectionError,
+    alerts, chat_views, ledger, relations, users, with_pool, with_tx, Db, DbTx, ProjectionError,
     StoredEvent,
 };
 
@@ -34,6 +35,9 @@ pub struct FeedRow {
 pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
     if is_pair_event(event) {
         return pair_pushes(tx, event).await;
+    }
+    if ledger::is_wallet_event(event) {
+        return wallet_pushes(tx, event).await;
     }
     if event.aggregate_type == <AlertInbox as cqrs_es::Aggregate>::TYPE {
         return inbox_pushes(tx, event).await;
@@ -165,10 +169,8 @@ async fn message_new(
     Ok(1)
 }
 
-/// The pushes of a Pair event: alerts it created or changed, then the chat traffic.
-async fn pair_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
-    let at = event.recorded_at;
-    let chat_id = event.aggregate_id.as_str();
+/// `alert.new` / `alert.update` for the alerts the event created or changed.
+async fn alert_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
     let mut written = 0;
     for alert in alerts::changed_at(tx.into(), event.position).await? {
         let action = if alert.created_position == event.position {
@@ -177,9 +179,28 @@ async fn pair_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
             "alert.update"
         };
         let payload = json!({ "alert": alert.to_json() });
-        push(tx, &alert.user_id, action, &payload, at).await?;
+        push(tx, &alert.user_id, action, &payload, event.recorded_at).await?;
         written += 1;
     }
+    Ok(written)
+}
+
+/// The pushes of a Wallet event: `transaction` alerts, then the owner's `user.update` when the
+/// balance or the alert count changed.
+async fn wallet_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+    let alerts = alert_pushes(tx, event).await?;
+    let balance_changed = matches!(event.decode::<WalletEvent>()?, WalletEvent::Posted(_));
+    if alerts == 0 && !balance_changed {
+        return Ok(0);
+    }
+    Ok(alerts + user_update(tx, &event.aggregate_id, event.recorded_at).await?)
+}
+
+/// The pushes of a Pair event: alerts it created or changed, then the chat traffic.
+async fn pair_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+    let at = event.recorded_at;
+    let chat_id = event.aggregate_id.as_str();
+    let mut written = alert_pushes(tx, event).await?;
     let members = chats::members(tx.into(), chat_id).await?;
     match event.decode::<PairEvent>()? {
         PairEvent::ConnectionRequested { from, to, .. } => {

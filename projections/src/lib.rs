@@ -11,6 +11,7 @@ pub mod chats;
 pub mod db;
 pub mod directory;
 pub mod feed;
+pub mod ledger;
 pub mod log;
 pub mod presence;
 pub mod profiles;

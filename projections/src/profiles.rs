@@ -229,7 +229,7 @@ impl UserRecord {
         };
         let extra = json!({
             "ledger": {
-                "coins": {"balance": 0},
+                "coins": {"balance": counters.coins_balance},
                 "paypal": self.paypal_email.as_ref().map(|email| json!({"email": email}))
             },
             "preferences": {

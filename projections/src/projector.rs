@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use crate::log::{read_after, Checkpoint, StoredEvent};
-use crate::{alerts, chats, feed, users, with_tx, Db, DbTx, ProjectionError};
+use crate::{alerts, chats, feed, ledger, users, with_tx, Db, DbTx, ProjectionError};
 
 const BATCH_SIZE: i64 = 500;
 /// Fallback poll: picks up writes of other instances when no wake-up arrives.
@@ -21,20 +21,22 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Channel that other instances LISTEN on; one NOTIFY per batch that wrote push rows.
 pub const FEED_CHANNEL: &str = "talkamie_feed";
 
-/// Every read model, in the order they are applied to each event (alerts read the chats
-/// tables, and the feed renders from all the others, so it comes last).
+/// Every read model, in the order they are applied to each event (alerts read the chats and
+/// ledger tables, and the feed renders from all the others, so it comes last).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Projection {
     Users,
     Chats,
+    Ledger,
     Alerts,
     Feed,
 }
 
 impl Projection {
-    pub const ALL: [Projection; 4] = [
+    pub const ALL: [Projection; 5] = [
         Projection::Users,
         Projection::Chats,
+        Projection::Ledger,
         Projection::Alerts,
         Projection::Feed,
     ];
@@ -43,6 +45,7 @@ impl Projection {
         match self {
             Projection::Users => "users",
             Projection::Chats => "chats",
+            Projection::Ledger => "ledger",
             Projection::Alerts => "alerts",
             Projection::Feed => "feed",
         }
@@ -60,6 +63,7 @@ impl Projection {
         match self {
             Projection::Users => users::TABLES,
             Projection::Chats => chats::TABLES,
+            Projection::Ledger => ledger::TABLES,
             Projection::Alerts => alerts::TABLES,
             Projection::Feed => feed::TABLES,
         }
@@ -80,6 +84,7 @@ impl Projection {
         match self {
             Projection::Users => users::apply(tx, event).await,
             Projection::Chats => chats::apply(tx, event).await,
+            Projection::Ledger => ledger::apply(tx, event).await,
             Projection::Alerts => alerts::apply(tx, event).await,
             Projection::Feed => {
                 let written = feed::apply(tx, event).await?;

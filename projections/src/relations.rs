@@ -31,6 +31,8 @@ pub struct Counters {
     pub total_pending_requests: i64,
     pub total_unread_chats: i64,
     pub total_unread_alerts: i64,
+    /// The user's wallet balance (`ledger.coins.balance`).
+    pub coins_balance: i64,
 }
 
 pub fn iso(at: DateTime<Utc>) -> String {
@@ -144,13 +146,16 @@ pub async fn counters(source: Source<'_>, user_id: &str) -> Result<Counters, sql
           + (SELECT COUNT(*) FROM chats c JOIN chat_members m ON m.chat_id = c.id
               WHERE m.user_id = $1 AND c.request_status = 'pending' AND c.request_sender <> $1),
         (SELECT COUNT(*) FROM chat_members WHERE user_id = $1 AND unread_count > 0),
-        (SELECT COUNT(*) FROM alerts WHERE user_id = $1 AND status = 'unread')";
-    let (total_connections, total_pending_requests, total_unread_chats, total_unread_alerts): (
-        i64,
-        i64,
-        i64,
-        i64,
-    ) = with_source!(source, conn => {
+        (SELECT COUNT(*) FROM alerts WHERE user_id = $1 AND status = 'unread'),
+        COALESCE((SELECT balance FROM ledger_accounts WHERE account = 'user:' || $1), 0)";
+    type Row = (i64, i64, i64, i64, i64);
+    let (
+        total_connections,
+        total_pending_requests,
+        total_unread_chats,
+        total_unread_alerts,
+        coins_balance,
+    ): Row = with_source!(source, conn => {
         sqlx::query_as(sql).bind(user_id).fetch_one(conn).await?
     });
     Ok(Counters {
@@ -158,6 +163,7 @@ pub async fn counters(source: Source<'_>, user_id: &str) -> Result<Counters, sql
         total_pending_requests,
         total_unread_chats,
         total_unread_alerts,
+        coins_balance,
     })
 }
 

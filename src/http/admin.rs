@@ -279,3 +279,37 @@ pub async fn submit_background_check(
         json!({"verification": verification_of(&state, &who.user_id).await?}),
     ))
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditQuery {
+    /// Audit one wallet (a user id)
+    user: Option<String>,
+    /// Replay only events recorded up to this time (ISO-8601)
+    as_of: Option<String>,
+}
+
+/// The ledger audit of section 14 (`talkamie ledger audit` as JSON). `data.ok` is false when
+/// any discrepancy was found; `data.discrepancies` names the wallets.
+#[utoipa::path(tag = "admin", security(("bearer" = [])), params(AuditQuery),
+    responses((status = 200, description = "the audit report"),
+              (status = 403, description = "not an admin")))]
+#[get("/v1/admin/ledger/audit")]
+pub async fn ledger_audit(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&state, &who).await?;
+    let as_of = match query.as_of.as_deref().filter(|t| !t.is_empty()) {
+        Some(raw) => Some(
+            chrono::DateTime::parse_from_rfc3339(raw)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| ApiError::invalid(json!({"asOf": "must be an ISO-8601 time"})))?,
+        ),
+        None => None,
+    };
+    let user = query.user.as_deref().filter(|u| !u.is_empty());
+    let report = crate::ledger::audit::audit_settled(&state.store, user, as_of).await?;
+    Ok(ok(report))
+}

@@ -10,9 +10,11 @@ pub mod connections;
 pub mod discovery;
 pub mod envelope;
 pub mod files;
+pub mod finance;
 pub mod health;
 pub mod otp;
 pub mod pagination;
+pub mod payments;
 pub mod profile;
 pub mod users;
 pub mod validate;
@@ -101,7 +103,19 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(chats::frequent_chats)
         .service(chats::get_chat)
         .service(chats::chat_messages)
-        .service(alerts::list_alerts);
+        .service(alerts::list_alerts)
+        .service(finance::top_up_session)
+        .service(finance::withdraw)
+        .service(finance::transactions)
+        .service(finance::purchases)
+        .service(finance::earnings)
+        .service(finance::withdrawals)
+        .service(finance::transaction)
+        .service(payments::payment_webhook)
+        .service(payments::checkout_page)
+        .service(payments::checkout_pay)
+        .service(payments::checkout_cancel)
+        .service(admin::ledger_audit);
 }
 
 /// The OpenAPI document of [`routes`].

@@ -9,6 +9,7 @@ mod discovery;
 mod errors;
 mod files;
 mod instances;
+mod ledger;
 mod profiles;
 mod s3;
 mod store;
