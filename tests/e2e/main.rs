@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod browser;
 mod chats;
 mod discovery;
 mod errors;
