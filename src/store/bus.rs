@@ -22,8 +22,9 @@ use super::Store;
 /// Who asked and in which request; stored with every event.
 pub type Metadata = HashMap<String, String>;
 
-/// Attempts of one command when another writer of the same aggregate got there first.
-const MAX_ATTEMPTS: u32 = 5;
+/// Attempts of one command when another writer of the same aggregate got there first
+/// (a busy wallet: a top-up, a withdrawal and a payout landing at once).
+const MAX_ATTEMPTS: u32 = 10;
 /// Aggregates snapshot every so many events, so long streams load quickly.
 const SNAPSHOT_EVERY: usize = 100;
 /// How long a command waits for the read models before answering 503.
@@ -83,8 +84,10 @@ impl Store {
                     if attempt >= MAX_ATTEMPTS {
                         return Err(CommandError::Conflict);
                     }
-                    // A little jitter so racing writers do not collide again in lockstep.
-                    let pause = rand::thread_rng().gen_range(1..=5 * attempt as u64);
+                    // Growing, jittered pauses so racing writers do not collide again in
+                    // lockstep (at most ~0.5 s in all before giving up).
+                    let ceiling = (2u64 << attempt.min(6)).min(100);
+                    let pause = rand::thread_rng().gen_range(1..=ceiling);
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
                 Err(error) => return Err(classify(error)),

@@ -86,10 +86,7 @@ impl Driver {
         if !body.is_null() {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .expect("webdriver");
+        let response = request.send().await.expect("webdriver");
         let status = response.status();
         let value: Value = response.json().await.expect("json");
         assert_eq!(status, StatusCode::OK, "WebDriver {path}: {value}");
@@ -184,14 +181,23 @@ async fn paying_on_the_sandbox_checkout_page_in_chromium_credits_the_coins() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(status, "succeeded", "the page says the payment went through");
+    assert_eq!(
+        status, "succeeded",
+        "the page says the payment went through"
+    );
     assert_eq!(driver.text("#title").await, "Payment received");
     assert_eq!(balance(&server, &token).await, 1000);
-    assert_eq!(transaction(&server, &token, &tx).await["status"], "succeeded");
+    assert_eq!(
+        transaction(&server, &token, &tx).await["status"],
+        "succeeded"
+    );
 
     // Back on the session's page, it is closed and offers no Pay button.
     driver.open(&url).await;
-    assert_eq!(driver.attribute("#status", "data-status").await, "succeeded");
+    assert_eq!(
+        driver.attribute("#status", "data-status").await,
+        "succeeded"
+    );
     let _ = driver.session_call("DELETE", "", json!(null)).await;
     server.stop().await;
 }

@@ -18,6 +18,7 @@ both_stores!(
     bad_amounts_move_no_coin,
     unpaid_sessions_expire,
     the_audit_finds_edited_and_deleted_events,
+    a_thousand_concurrent_top_ups_and_withdrawals_leave_a_clean_audit,
 );
 
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
@@ -693,4 +694,125 @@ async fn the_audit_finds_edited_and_deleted_events(backend: Backend) {
         "{text}"
     );
     assert!(text.contains("missing"), "{text}");
+}
+
+/// One operation of the concurrent mix.
+#[derive(Clone, Copy)]
+enum Operation {
+    TopUp(i64),
+    Withdraw(i64, bool),
+}
+
+async fn run_operation(server: &Server, user: &(String, String), operation: Operation) {
+    let (id, token) = user;
+    match operation {
+        Operation::TopUp(coins) => {
+            let (_, session, _) = open_top_up(server, token, coins).await;
+            let body = sandbox_event("checkout.session.completed", &session, id, true).to_string();
+            let (status, reply) = deliver(server, &body, Some(&signed(&body))).await;
+            assert_eq!(status, StatusCode::OK, "{reply}");
+        }
+        Operation::Withdraw(coins, payout_fails) => {
+            let email = if payout_fails {
+                "amie@fail.test"
+            } else {
+                "amie@example.com"
+            };
+            let (status, reply) = server
+                .post(
+                    "/v1/finance/withdraw",
+                    Some(token),
+                    json!({"coins": coins, "paypal": {"email": email}}),
+                )
+                .await;
+            // Racing its own top-ups, a withdrawal may find too few coins: refused, not lost.
+            assert!(
+                status == StatusCode::CREATED || reply["error"] == "insufficient_coins",
+                "{status} {reply}"
+            );
+        }
+    }
+}
+
+async fn a_thousand_concurrent_top_ups_and_withdrawals_leave_a_clean_audit(backend: Backend) {
+    use futures_util::StreamExt;
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = ledger_server(&db, &[("TALKAMIE_WITHDRAWAL_LIMIT_COINS_30D", "100000000")]).await;
+    let mut users = Vec::new();
+    for _ in 0..20 {
+        users.push(user(&server, "volunteer").await);
+    }
+    // 1,000 operations, 50 per user: top-ups and withdrawals interleaved, every fifth payout
+    // refused by the provider (and refunded).
+    let operations: Vec<(usize, Operation)> = (0..1000)
+        .map(|i| {
+            let who = (i / 2) % users.len();
+            let op = if i % 2 == 0 {
+                Operation::TopUp(100 + (i as i64 % 7) * 50)
+            } else {
+                Operation::Withdraw(100 + (i as i64 % 5) * 40, i % 5 == 1)
+            };
+            (who, op)
+        })
+        .collect();
+    futures_util::stream::iter(operations)
+        .map(|(who, op)| {
+            let server = &server;
+            let user = &users[who];
+            async move { run_operation(server, user, op).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+
+    // Wait for every payout to settle, then check each wallet against its own transactions.
+    for (_, token) in &users {
+        let mut expected = None;
+        for _ in 0..200 {
+            let (status, body) = server
+                .get("/v1/finance/transactions?pageSize=100", Some(token))
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            let all = body["data"].as_array().expect("list").clone();
+            assert!(body["pagination"]["lastEvaluatedKey"].is_null(), "one page");
+            if all.iter().any(|t| t["status"] == "pending") {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let coins = |t: &Value| t["coins"]["amount"].as_i64().unwrap_or(0);
+            let credited: i64 = all
+                .iter()
+                .filter(|t| t["type"] == "purchase" || t["type"] == "refund")
+                .map(coins)
+                .sum();
+            let withdrawn: i64 = all
+                .iter()
+                .filter(|t| t["type"] == "withdrawal")
+                .map(coins)
+                .sum();
+            expected = Some(credited - withdrawn);
+            break;
+        }
+        let expected = expected.expect("every withdrawal settled within 20 s");
+        assert_eq!(balance(&server, token).await, expected);
+        assert!(expected >= 0);
+    }
+    let (ok, stdout, stderr) = db.cli(&["ledger", "audit", "--format", "json"]);
+    assert!(ok, "{stdout}{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["sum"], 0);
+    assert_eq!(report["wallets"], 20);
+    assert_eq!(
+        report["accounts"]["platform:withdrawals-pending"], 0,
+        "{report}"
+    );
+    let payments = report["accounts"]["external:payments"]
+        .as_i64()
+        .expect("payments");
+    // 500 top-ups of 100..400 coins each.
+    assert!(payments <= -50_000, "{report}");
+    server.stop().await;
 }
