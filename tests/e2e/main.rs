@@ -14,4 +14,5 @@ mod ledger;
 mod profiles;
 mod s3;
 mod store;
+mod stripe;
 mod ws;
