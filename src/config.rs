@@ -299,6 +299,13 @@ mod tests {
         assert!(err.contains("PORT"), "{err}");
         let map = HashMap::from([("DATABASE_URL".to_string(), "mysql://x".to_string())]);
         assert!(Settings::from_map(&map).is_err());
+        let map = HashMap::from([("TALKAMIE_PAYMENTS".to_string(), "stripe".to_string())]);
+        assert!(Settings::from_map(&map)
+            .unwrap_err()
+            .to_string()
+            .contains("STRIPE_SECRET_KEY"));
+        let map = HashMap::from([("TALKAMIE_PAYMENTS".to_string(), "paypal".to_string())]);
+        assert!(Settings::from_map(&map).is_err());
         let map = HashMap::from([("TALKAMIE_MAILER".to_string(), "smtp".to_string())]);
         assert!(Settings::from_map(&map)
             .unwrap_err()

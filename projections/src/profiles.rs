@@ -1,6 +1,6 @@
 //! The contract's user shapes (section 2): `basic_user`, `full_user` and `extended_user`,
 //! rendered from a `users` row for a given reader. Parts that later features fill in (reviews,
-//! availability, ledger, connections, chats) have their empty shape until then.
+//! availability, daily call counts) have their empty shape until then.
 
 use std::collections::HashMap;
 

@@ -511,6 +511,34 @@ async fn withdrawals_hold_coins_settle_and_refund(backend: Backend) {
     let (status, body) = server.get("/v1/admin/ledger/audit", Some(&token)).await;
     assert_error(status, &body, 403, "forbidden");
     server.stop().await;
+
+    // Rebuilt from the log, the ledger read models equal the live ones.
+    let before = ledger_tables(&db).await;
+    let (ok, _, stderr) = db.cli(&["projections", "rebuild", "ledger"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(ledger_tables(&db).await, before);
+    assert!(before.iter().any(|row| row.contains("|refund|")));
+}
+
+/// Every row of the ledger read models, as text, in a stable order.
+async fn ledger_tables(db: &TestDb) -> Vec<String> {
+    let queries = [
+        "SELECT id || '|' || user_id || '|' || type || '|' || status || '|' || coins || '|'
+                || funds_cents || '|' || changed_position FROM ledger_transactions ORDER BY id",
+        "SELECT account || '|' || balance || '|' || COALESCE(head_hash, '') FROM ledger_accounts
+          ORDER BY account",
+        "SELECT wallet_id || '|' || sequence || '|' || line || '|' || account || '|' || coins
+           FROM ledger_entries ORDER BY wallet_id, sequence, line",
+    ];
+    let pool = db.connect().await;
+    let mut rows = Vec::new();
+    for query in queries {
+        let found: Vec<String> = talkamie_projections::with_pool!(&pool, p => {
+            sqlx::query_scalar(query).fetch_all(p).await.expect("dump")
+        });
+        rows.extend(found);
+    }
+    rows
 }
 
 async fn bad_amounts_move_no_coin(backend: Backend) {
