@@ -34,6 +34,9 @@ pub mod accounts {
     pub const PLATFORM_REVENUE: &str = "platform:revenue";
     /// Coins of requested withdrawals until the payout settles.
     pub const WITHDRAWALS_PENDING: &str = "platform:withdrawals-pending";
+    /// Coins charged for a call until the volunteer's earning takes them out (the two legs of a
+    /// call live in two wallets; this account is back to zero once both are posted).
+    pub const CALLS_CLEARING: &str = "platform:calls-clearing";
 
     pub fn user(user_id: &str) -> String {
         format!("user:{user_id}")
@@ -155,6 +158,23 @@ pub enum WalletCommand {
         limit_30d: i64,
         at: DateTime<Utc>,
     },
+    /// A call's price, charged to the senior's wallet (into the calls clearing account).
+    /// Once per call; never more than the balance.
+    ChargeCall {
+        transaction_id: String,
+        call_id: String,
+        coins: i64,
+        at: DateTime<Utc>,
+    },
+    /// The volunteer's share of a charged call: `gross_coins` leave the clearing account,
+    /// `volunteer_coins` go to this wallet and the rest to platform revenue. Once per call.
+    CreditCallEarning {
+        transaction_id: String,
+        call_id: String,
+        gross_coins: i64,
+        volunteer_coins: i64,
+        at: DateTime<Utc>,
+    },
     /// The payout provider's answer for a pending withdrawal; a failure refunds the coins
     /// as the transaction `refund_id`.
     SettleWithdrawal {
@@ -248,6 +268,8 @@ pub struct Wallet {
     /// Payment sessions by session id (exactly-once top-ups).
     sessions: BTreeMap<String, Session>,
     withdrawals: BTreeMap<String, Withdrawal>,
+    /// Calls already charged to (or earned by) this wallet.
+    billed_calls: std::collections::BTreeSet<String>,
 }
 
 impl Wallet {
@@ -401,7 +423,10 @@ impl Wallet {
                     w.refunded = posting.kind == Kind::Refund;
                 }
             }
-            Kind::Charge | Kind::Earning | Kind::Forfeit => {}
+            Kind::Charge | Kind::Earning => {
+                self.billed_calls.insert(posting.reference.clone());
+            }
+            Kind::Forfeit => {}
         }
     }
 }
@@ -515,6 +540,61 @@ fn decide(
                     at,
                 },
             ]
+        }
+        WalletCommand::ChargeCall {
+            transaction_id,
+            call_id,
+            coins,
+            at,
+        } => {
+            if wallet.billed_calls.contains(&call_id) {
+                return Ok(vec![]);
+            }
+            check_amount(coins)?;
+            if coins > wallet.balance {
+                return Err(WalletError::InsufficientCoins(wallet.balance));
+            }
+            vec![wallet.post(
+                owner,
+                Movement {
+                    transaction_id,
+                    kind: Kind::Charge,
+                    reference: call_id,
+                    delta: -coins,
+                    counter_account: accounts::CALLS_CLEARING,
+                },
+                at,
+            )]
+        }
+        WalletCommand::CreditCallEarning {
+            transaction_id,
+            call_id,
+            gross_coins,
+            volunteer_coins,
+            at,
+        } => {
+            if wallet.billed_calls.contains(&call_id) {
+                return Ok(vec![]);
+            }
+            check_amount(gross_coins)?;
+            if !(0..=gross_coins).contains(&volunteer_coins) {
+                return Err(WalletError::InvalidAmount);
+            }
+            let lines = vec![
+                Line {
+                    account: accounts::user(owner),
+                    coins: volunteer_coins,
+                },
+                Line {
+                    account: accounts::PLATFORM_REVENUE.to_string(),
+                    coins: gross_coins - volunteer_coins,
+                },
+                Line {
+                    account: accounts::CALLS_CLEARING.to_string(),
+                    coins: -gross_coins,
+                },
+            ];
+            vec![wallet.chain((transaction_id, Kind::Earning, call_id), lines, at)]
         }
         WalletCommand::SettleWithdrawal {
             transaction_id,
@@ -829,5 +909,70 @@ mod tests {
         let mut posting = postings(&events)[0].clone();
         posting.lines[0].coins = 5000;
         assert_ne!(posting.compute_hash(), posting.hash);
+    }
+
+    #[test]
+    fn a_call_is_charged_to_the_senior_and_split_for_the_volunteer_once() {
+        let charge = |coins| {
+            cmd(WalletCommand::ChargeCall {
+                transaction_id: "c1".into(),
+                call_id: "call-1".into(),
+                coins,
+                at: at(2),
+            })
+        };
+        let mut commands = funded(500);
+        commands.push(charge(150));
+        let senior = history(commands.clone());
+        let charged = &postings(&senior)[1];
+        assert_eq!(charged.kind, Kind::Charge);
+        assert_eq!(charged.balance, 350);
+        assert_eq!(charged.lines[1].account, accounts::CALLS_CLEARING);
+        assert!(charged.is_balanced());
+        Given::with(())
+            .given(senior)
+            .when(charge(150))
+            .then_expect_events(vec![]);
+        Given::with(())
+            .given(history(funded(100)))
+            .when(charge(150))
+            .then_expect_error(WalletError::InsufficientCoins(100));
+
+        let earn = |volunteer_coins| {
+            cmd(WalletCommand::CreditCallEarning {
+                transaction_id: "e1".into(),
+                call_id: "call-1".into(),
+                gross_coins: 150,
+                volunteer_coins,
+                at: at(2),
+            })
+        };
+        let volunteer = history(vec![earn(105)]);
+        let earned = &postings(&volunteer)[0];
+        assert_eq!(earned.balance, 105);
+        assert!(earned.is_balanced());
+        let revenue: i64 = earned
+            .lines
+            .iter()
+            .filter(|l| l.account == accounts::PLATFORM_REVENUE)
+            .map(|l| l.coins)
+            .sum();
+        assert_eq!(revenue, 45);
+        // Charge and earning together leave the clearing account at zero.
+        let clearing: i64 = [charged, earned]
+            .iter()
+            .flat_map(|p| p.lines.iter())
+            .filter(|l| l.account == accounts::CALLS_CLEARING)
+            .map(|l| l.coins)
+            .sum();
+        assert_eq!(clearing, 0);
+        Given::with(())
+            .given(volunteer)
+            .when(earn(105))
+            .then_expect_events(vec![]);
+        Given::with(())
+            .given_no_previous_events()
+            .when(earn(151))
+            .then_expect_error(WalletError::InvalidAmount);
     }
 }
