@@ -175,6 +175,12 @@ pub enum WalletCommand {
         volunteer_coins: i64,
         at: DateTime<Utc>,
     },
+    /// The owner deletes their account: the whole balance goes to platform revenue. Refused
+    /// while a withdrawal waits for its payout.
+    Forfeit {
+        transaction_id: String,
+        at: DateTime<Utc>,
+    },
     /// The payout provider's answer for a pending withdrawal; a failure refunds the coins
     /// as the transaction `refund_id`.
     SettleWithdrawal {
@@ -226,6 +232,8 @@ pub enum WalletError {
     NotPending,
     #[error("no payment session with this id")]
     UnknownSession,
+    #[error("a withdrawal is waiting for its payout; try again once it has settled")]
+    WithdrawalInFlight,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -595,6 +603,26 @@ fn decide(
                 },
             ];
             vec![wallet.chain((transaction_id, Kind::Earning, call_id), lines, at)]
+        }
+        WalletCommand::Forfeit { transaction_id, at } => {
+            if wallet.withdrawals.values().any(|w| w.pending) {
+                return Err(WalletError::WithdrawalInFlight);
+            }
+            if wallet.balance == 0 {
+                return Ok(vec![]);
+            }
+            let reference = transaction_id.clone();
+            vec![wallet.post(
+                owner,
+                Movement {
+                    transaction_id,
+                    kind: Kind::Forfeit,
+                    reference,
+                    delta: -wallet.balance,
+                    counter_account: accounts::PLATFORM_REVENUE,
+                },
+                at,
+            )]
         }
         WalletCommand::SettleWithdrawal {
             transaction_id,
@@ -974,5 +1002,29 @@ mod tests {
             .given_no_previous_events()
             .when(earn(151))
             .then_expect_error(WalletError::InvalidAmount);
+    }
+
+    #[test]
+    fn deleting_the_account_forfeits_the_balance_but_not_during_a_payout() {
+        let forfeit = cmd(WalletCommand::Forfeit {
+            transaction_id: "f1".into(),
+            at: at(5),
+        });
+        let gone = history(vec![open("s1", 500), pay("s1"), forfeit.clone()]);
+        let posting = &postings(&gone)[1];
+        assert_eq!(posting.kind, Kind::Forfeit);
+        assert_eq!(posting.balance, 0);
+        assert_eq!(posting.lines[1].account, accounts::PLATFORM_REVENUE);
+        assert!(posting.is_balanced());
+        Given::with(())
+            .given(gone)
+            .when(forfeit.clone())
+            .then_expect_events(vec![]);
+        let mut commands = funded(2000);
+        commands.push(withdraw("w1", 800, 2));
+        Given::with(())
+            .given(history(commands))
+            .when(forfeit)
+            .then_expect_error(WalletError::WithdrawalInFlight);
     }
 }

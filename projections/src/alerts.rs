@@ -142,7 +142,8 @@ fn connect_request(id: &str, status: &str, from: &str, to: &str) -> Value {
 /// may end two: a failed payout and its refund).
 async fn transaction_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
     for row in ledger::changed_at(tx.into(), event.position).await? {
-        if !row.is_final() {
+        // A forfeit happens as the owner's account is deleted: nobody is left to tell.
+        if !row.is_final() || row.kind == "forfeit" {
             continue;
         }
         let id = alert_id(event, &format!("{}:{}", row.user_id, row.id));

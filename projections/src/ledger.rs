@@ -272,7 +272,23 @@ async fn posting_transactions(
             };
             insert_transaction(tx, event, row, at).await?;
         }
-        Kind::Charge | Kind::Earning | Kind::Forfeit => {
+        Kind::Forfeit => {
+            // Only analysts see it: the owner's account is being deleted.
+            let row = NewTransaction {
+                id: &posting.transaction_id,
+                user_id,
+                kind: "forfeit",
+                intent: "account-deleted",
+                status: "succeeded",
+                coins,
+                funds_cents: 0,
+                currency: "usd",
+                call_id: None,
+                session: None,
+            };
+            insert_transaction(tx, event, row, at).await?;
+        }
+        Kind::Charge | Kind::Earning => {
             let row = NewTransaction {
                 id: &posting.transaction_id,
                 user_id,
@@ -456,33 +472,31 @@ pub async fn changed_at(
     })
 }
 
-/// Unpaid top-ups whose session expired before `now` (the expiry sweeper closes them).
-pub async fn expired_top_ups(
-    source: Source<'_>,
-    now: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<TransactionRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM ledger_transactions
-          WHERE status = 'pending' AND type = 'purchase' AND expires_at < $1
-          ORDER BY expires_at LIMIT {limit}"
-    );
-    with_source!(source, conn => {
-        sqlx::query_as::<_, TransactionRow>(&sql).bind(now).fetch_all(conn).await
-    })
+/// Pending transactions that waited too long, for the sweeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overdue {
+    /// Unpaid top-ups whose session expired before the given time.
+    TopUps,
+    /// Withdrawals requested before the given time and still waiting for their payout (a
+    /// restarted server resumes them).
+    Withdrawals,
 }
 
-/// Withdrawals still waiting for their payout, requested before `before` (a restarted server
-/// resumes them).
-pub async fn pending_withdrawals(
+/// Up to `limit` overdue transactions of one kind, oldest first.
+pub async fn overdue(
     source: Source<'_>,
+    which: Overdue,
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<TransactionRow>, sqlx::Error> {
+    let (kind, since) = match which {
+        Overdue::TopUps => ("purchase", "expires_at"),
+        Overdue::Withdrawals => ("withdrawal", "created_at"),
+    };
     let sql = format!(
         "SELECT {COLUMNS} FROM ledger_transactions
-          WHERE status = 'pending' AND type = 'withdrawal' AND created_at < $1
-          ORDER BY created_at LIMIT {limit}"
+          WHERE status = 'pending' AND type = '{kind}' AND {since} < $1
+          ORDER BY {since} LIMIT {limit}"
     );
     with_source!(source, conn => {
         sqlx::query_as::<_, TransactionRow>(&sql).bind(before).fetch_all(conn).await

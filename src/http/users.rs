@@ -228,6 +228,8 @@ pub async fn delete_user(
         .filter(|u| !u.is_deleted())
         .ok_or_else(|| ApiError::not_found("user"))?;
     let email = target.email.clone().unwrap_or_default();
+    // The wallet decides first: a pending payout refuses the deletion before anything goes.
+    crate::ledger::forfeit_balance(&state, &id, who.metadata()).await?;
     execute_user(
         &state,
         &id,

@@ -9,7 +9,8 @@ use chrono::Utc;
 use serde_json::json;
 use talkamie_aggregates::user::Sealed;
 use talkamie_aggregates::wallet::{TopUpOutcome, Wallet, WalletCommand, WalletError, WalletEvent};
-use talkamie_projections::{ledger, sealing, with_pool, Db};
+use talkamie_projections::ledger::{self, Overdue};
+use talkamie_projections::{sealing, with_pool, Db};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -58,6 +59,7 @@ pub fn wallet_rejected(error: WalletError) -> ApiError {
         WalletError::OverLimit { .. } => ApiError::unprocessable("over_limit", message),
         WalletError::NotPending => ApiError::conflict("conflict", message),
         WalletError::UnknownSession => ApiError::not_found("payment session"),
+        WalletError::WithdrawalInFlight => ApiError::conflict("withdrawal_in_flight", message),
     }
 }
 
@@ -155,6 +157,21 @@ async fn try_settle(state: &AppState, user_id: &str, transaction_id: &str) -> an
     }
 }
 
+/// Before an account is deleted: its balance goes to platform revenue (409
+/// `withdrawal_in_flight` while a payout is pending). A retried deletion forfeits once.
+pub async fn forfeit_balance(
+    state: &AppState,
+    user_id: &str,
+    metadata: Metadata,
+) -> Result<(), ApiError> {
+    let command = WalletCommand::Forfeit {
+        transaction_id: transaction_id(user_id, Some("account-deleted")),
+        at: Utc::now(),
+    };
+    execute(state, user_id, command, metadata).await?;
+    Ok(())
+}
+
 /// Closes an unpaid top-up whose session expired.
 async fn expire_top_up(state: &AppState, user_id: &str, session_id: &str) -> Result<(), ApiError> {
     let command = WalletCommand::CloseTopUp {
@@ -174,12 +191,13 @@ const SWEEP_BATCH: i64 = 200;
 pub async fn sweep(state: &AppState) -> Result<(), ApiError> {
     let db = &state.store.db;
     let now = Utc::now();
-    for row in ledger::expired_top_ups(db.into(), now, SWEEP_BATCH).await? {
+    for row in ledger::overdue(db.into(), Overdue::TopUps, now, SWEEP_BATCH).await? {
         if let Some(session) = &row.session_id {
             expire_top_up(state, &row.user_id, session).await?;
         }
     }
-    for row in ledger::pending_withdrawals(db.into(), now - SETTLING_GRACE, SWEEP_BATCH).await? {
+    let unsettled = now - SETTLING_GRACE;
+    for row in ledger::overdue(db.into(), Overdue::Withdrawals, unsettled, SWEEP_BATCH).await? {
         settle_withdrawal(state, &row.user_id, &row.id).await;
     }
     let cutoff = now - chrono::Duration::hours(1);

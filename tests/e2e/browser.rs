@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::both_stores;
 use crate::helpers::{Backend, TestDb};
 use crate::ledger::{balance, ledger_server, open_top_up, transaction, user};
 
@@ -156,12 +157,13 @@ fn browser_available() -> bool {
     present
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paying_on_the_sandbox_checkout_page_in_chromium_credits_the_coins() {
+both_stores!(paying_on_the_sandbox_checkout_page_in_chromium_credits_the_coins);
+
+async fn paying_on_the_sandbox_checkout_page_in_chromium_credits_the_coins(backend: Backend) {
     if !browser_available() {
         return;
     }
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
+    let Some(db) = TestDb::new(backend).await else {
         return;
     };
     let server = ledger_server(&db, &[]).await;

@@ -19,6 +19,7 @@ both_stores!(
     unpaid_sessions_expire,
     the_audit_finds_edited_and_deleted_events,
     a_thousand_concurrent_top_ups_and_withdrawals_leave_a_clean_audit,
+    deleting_an_account_forfeits_its_balance,
 );
 
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
@@ -842,5 +843,30 @@ async fn a_thousand_concurrent_top_ups_and_withdrawals_leave_a_clean_audit(backe
         .expect("payments");
     // 500 top-ups of 100..400 coins each.
     assert!(payments <= -50_000, "{report}");
+    server.stop().await;
+}
+
+async fn deleting_an_account_forfeits_its_balance(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = ledger_server(&db, &[]).await;
+    let (senior, token) = user(&server, "senior").await;
+    fund(&server, &token, 500).await;
+    let (status, body) = server
+        .call("DELETE", &format!("/v1/user/{senior}"), Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (ok, stdout, stderr) = db.cli(&["ledger", "audit", "--format", "json"]);
+    assert!(ok, "{stdout}{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["accounts"]["platform:revenue"], 500, "{report}");
+    assert_eq!(report["accounts"][format!("user:{senior}")], 0, "{report}");
+    assert_eq!(report["sum"], 0);
+    let (ok, csv, _) = db.cli(&["ledger", "statement", "--user", &senior]);
+    assert!(
+        ok && csv.contains(",forfeit,") && csv.contains(",-500,0,"),
+        "{csv}"
+    );
     server.stop().await;
 }

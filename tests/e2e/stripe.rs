@@ -12,6 +12,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use talkamie::providers::payments::sign;
 
+use crate::both_stores;
 use crate::helpers::{assert_error, Backend, Server, TestDb};
 use crate::ledger::{balance, transaction, user};
 
@@ -82,9 +83,10 @@ fn form_value(body: &str, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stripe_checkout_sessions_and_signed_events_credit_the_coins() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
+both_stores!(stripe_checkout_sessions_and_signed_events_credit_the_coins);
+
+async fn stripe_checkout_sessions_and_signed_events_credit_the_coins(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
         return;
     };
     let (api_base, recorded) = stand_in(SESSION_CREATED);
