@@ -138,12 +138,12 @@ fn connect_request(id: &str, status: &str, from: &str, to: &str) -> Value {
     json!({ "id": id, "status": status, "from": {"id": from}, "to": {"id": to} })
 }
 
-/// A `transaction` alert for every transaction the event brought to a final status (one event
-/// may end two: a failed payout and its refund).
+/// A `transaction` alert for every transaction the event created or changed (one event may
+/// change two: a failed payout and its refund).
 async fn transaction_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
     for row in ledger::changed_at(tx.into(), event.position).await? {
         // A forfeit happens as the owner's account is deleted: nobody is left to tell.
-        if !row.is_final() || row.kind == "forfeit" {
+        if row.kind == "forfeit" {
             continue;
         }
         let id = alert_id(event, &format!("{}:{}", row.user_id, row.id));

@@ -19,9 +19,6 @@ pub fn is_wallet_event(event: &StoredEvent) -> bool {
     event.aggregate_type == <Wallet as cqrs_es::Aggregate>::TYPE
 }
 
-/// Transaction statuses that are final: a `transaction` alert tells the user about each.
-pub const FINAL_STATUSES: &[&str] = &["succeeded", "failed", "canceled", "expired"];
-
 /// A new row of `ledger_transactions`.
 struct NewTransaction<'a> {
     id: &'a str,
@@ -359,10 +356,6 @@ impl TransactionRow {
             map.insert("call".into(), json!({ "id": call }));
         }
         out
-    }
-
-    pub fn is_final(&self) -> bool {
-        FINAL_STATUSES.contains(&self.status.as_str())
     }
 }
 

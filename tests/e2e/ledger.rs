@@ -166,6 +166,11 @@ async fn top_ups_are_credited_once_through_the_sandbox_checkout(backend: Backend
         url.ends_with(&format!("/v1/sandbox/checkout/{session}")),
         "{url}"
     );
+    let opened = ws
+        .push_where("alert.new", |p| p["data"]["alert"]["type"] == "transaction")
+        .await;
+    assert_eq!(opened["data"]["alert"]["transaction"]["id"], json!(tx));
+    assert_eq!(opened["data"]["alert"]["transaction"]["status"], "pending");
     let created = transaction(&server, &token, &tx).await;
     assert_eq!(created["intent"], "top-up");
     assert_eq!(created["coins"]["amount"], 500);
@@ -196,7 +201,9 @@ async fn top_ups_are_credited_once_through_the_sandbox_checkout(backend: Backend
 
     // The owner's sockets hear of it: a transaction alert, then their balance.
     let alert = ws
-        .push_where("alert.new", |p| p["data"]["alert"]["type"] == "transaction")
+        .push_where("alert.new", |p| {
+            p["data"]["alert"]["transaction"]["status"] == "succeeded"
+        })
         .await;
     assert_eq!(
         alert["data"]["alert"]["transaction"]["id"],
@@ -391,6 +398,7 @@ async fn withdrawals_hold_coins_settle_and_refund(backend: Backend) {
     let alert = ws
         .push_where("alert.new", |p| {
             p["data"]["alert"]["transaction"]["id"] == json!(paid_id)
+                && p["data"]["alert"]["transaction"]["status"] != "pending"
         })
         .await;
     assert_eq!(alert["data"]["alert"]["transaction"]["status"], "succeeded");
