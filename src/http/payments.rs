@@ -30,6 +30,28 @@ fn webhook_rejected(error: WebhookError) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, error.to_string())
 }
 
+/// Largest webhook body accepted (provider events are a few KiB).
+const WEBHOOK_LIMIT_BYTES: usize = 256 * 1024;
+
+/// The raw body, bytes as signed (any encoding), with errors in the contract's envelope.
+async fn read_body(mut payload: web::Payload) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("the body cannot be read: {e}")))?;
+        if body.len() + chunk.len() > WEBHOOK_LIMIT_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {WEBHOOK_LIMIT_BYTES} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Remembers a processed delivery; `false` when it was seen before (a replay).
 async fn first_delivery(
     state: &AppState,
@@ -60,15 +82,11 @@ async fn first_delivery(
 pub async fn payment_webhook(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: String,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let notice = verify_webhook(
-        state.payments.as_ref(),
-        req.headers(),
-        body.as_bytes(),
-        Utc::now(),
-    )
-    .map_err(webhook_rejected)?;
+    let body = read_body(payload).await?;
+    let notice = verify_webhook(state.payments.as_ref(), req.headers(), &body, Utc::now())
+        .map_err(webhook_rejected)?;
     let signature = req
         .headers()
         .get(state.payments.signature_header())

@@ -325,6 +325,31 @@ async fn webhooks_refuse_forged_stale_replayed_and_unknown_deliveries(backend: B
     assert_error(status, &reply, 400, "stale_signature");
     let (status, reply) = deliver(&server, "not json", Some(&signed("not json"))).await;
     assert_error(status, &reply, 400, "invalid_input");
+    // Bytes that are not UTF-8, signed correctly, and a body over the limit: envelopes too.
+    let raw = |bytes: Vec<u8>, signature: String| {
+        let server = &server;
+        async move {
+            let response = server
+                .http
+                .post(format!("{}/v1/webhooks/payments", server.base))
+                .header("x-talkamie-signature", signature)
+                .body(bytes)
+                .send()
+                .await
+                .expect("webhook");
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.expect("json envelope"),
+            )
+        }
+    };
+    let binary = vec![0xff, 0xfe, 0x00];
+    let signature = sign(WEBHOOK_SECRET.as_bytes(), now(), &binary);
+    let (status, reply) = raw(binary, signature).await;
+    assert_error(status, &reply, 400, "invalid_input");
+    let (status, reply) = raw(vec![b'a'; 300 * 1024], signed("x")).await;
+    assert_error(status, &reply, 413, "payload_too_large");
     let unknown = sandbox_event("checkout.session.completed", "cs_nope", &senior, true).to_string();
     let (status, reply) = deliver(&server, &unknown, Some(&signed(&unknown))).await;
     assert_error(status, &reply, 404, "not_found");
