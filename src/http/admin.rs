@@ -86,8 +86,7 @@ pub async fn users_list(
     let pager = Pager::new(&state.hash_key, "admin-users", &fingerprint, &page)?;
     let after = user_keyset(pager.after(&page)?)?;
     let (mut rows, total) = directory::page(&state.store.db, &w, after, pager.page_size).await?;
-    let has_more = rows.len() as i64 > pager.page_size;
-    rows.truncate(pager.page_size as usize);
+    let has_more = pager.trim(&mut rows);
     let last_key = rows.last().map(user_sort_key);
     let ids: Vec<String> = rows.iter().map(|u| u.id.clone()).collect();
     let relations = relations::relations((&state.store.db).into(), &admin.id, &ids).await?;

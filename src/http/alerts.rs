@@ -31,8 +31,7 @@ pub async fn list_alerts(
         pager.page_size + 1,
     )
     .await?;
-    let has_more = rows.len() as i64 > pager.page_size;
-    rows.truncate(pager.page_size as usize);
+    let has_more = pager.trim(&mut rows);
     let last = rows.last().map(|a| time_id_sort_key(a.created_at, &a.id));
     let mut data: Vec<Value> = rows.iter().map(|a| a.to_json()).collect();
     data.iter_mut().for_each(|a| state.files.sign_urls(a));

@@ -115,8 +115,7 @@ async fn chat_list(
         now,
     )
     .await?;
-    let has_more = rows.len() as i64 > pager.page_size;
-    rows.truncate(pager.page_size as usize);
+    let has_more = pager.trim(&mut rows);
     // The rank of `frequent` is recomputed per page; the key keeps it so pages do not overlap.
     let last = match rows.last() {
         Some(view) => {
@@ -279,8 +278,7 @@ pub async fn messages_page(
         pager.page_size + 1,
     )
     .await?;
-    let has_more = rows.len() as i64 > pager.page_size;
-    rows.truncate(pager.page_size as usize);
+    let has_more = pager.trim(&mut rows);
     let last = rows.last().map(|m| json!(m.seq));
     let messages = rows.iter().map(|m| m.to_json()).collect();
     Ok((

@@ -347,8 +347,7 @@ pub async fn pending(
         pager.page_size + 1,
     )
     .await?;
-    let has_more = rows.len() as i64 > pager.page_size;
-    rows.truncate(pager.page_size as usize);
+    let has_more = pager.trim(&mut rows);
     let last = rows.last().map(|r| time_id_sort_key(r.created_at, &r.id));
     let mut data = Vec::with_capacity(rows.len());
     for request in &rows {
@@ -378,8 +377,7 @@ pub async fn connected_users(
         pager.page_size + 1,
     )
     .await?;
-    let has_more = rows.len() as i64 > pager.page_size;
-    rows.truncate(pager.page_size as usize);
+    let has_more = pager.trim(&mut rows);
     let last = rows.last().map(|(id, since)| time_id_sort_key(*since, id));
     let mut data = Vec::with_capacity(rows.len());
     for (other_id, _) in &rows {

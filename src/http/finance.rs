@@ -246,8 +246,7 @@ async fn transaction_page(
         pager.page_size + 1,
     )
     .await?;
-    let has_more = rows.len() as i64 > pager.page_size;
-    rows.truncate(pager.page_size as usize);
+    let has_more = pager.trim(&mut rows);
     let last = rows.last().map(|t| time_id_sort_key(t.created_at, &t.id));
     let data: Vec<Value> = rows.iter().map(TransactionRow::to_json).collect();
     Ok(ok_page(

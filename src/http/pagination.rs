@@ -95,6 +95,14 @@ impl<'a> Pager<'a> {
         format!("{body}.{signature}")
     }
 
+    /// Rows are fetched one past the page size: cuts the extra row off and says whether more
+    /// rows follow.
+    pub fn trim<T>(&self, rows: &mut Vec<T>) -> bool {
+        let has_more = rows.len() as i64 > self.page_size;
+        rows.truncate(self.page_size as usize);
+        has_more
+    }
+
     /// The page's `pagination`: `lastEvaluatedKey` only when more rows follow.
     pub fn pagination(&self, last_sort_key: Option<&Value>, has_more: bool, total: i64) -> Value {
         let mut pagination = json!({ "pageSize": self.page_size, "totalItems": total });
