@@ -5,6 +5,7 @@
 //! the commands, so the rules are deterministic.
 
 pub mod alert_inbox;
+pub mod calendar;
 pub mod email_claim;
 pub mod otp;
 pub mod pair;
