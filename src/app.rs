@@ -128,9 +128,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         internal_url,
         limits: RateLimits::default(),
         hub: hub.clone(),
+        clock: Default::default(),
     });
     tokio::spawn(housekeeping(state.clone(), stop_rx.clone()));
     tokio::spawn(crate::ledger::run_sweeper(state.clone(), stop_rx.clone()));
+    tokio::spawn(crate::scheduling::run_timers(
+        state.clone(),
+        stop_rx.clone(),
+    ));
 
     let api = http::openapi();
     let known = web::Data::new(KnownPaths::from_openapi(

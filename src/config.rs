@@ -79,6 +79,19 @@ pub struct Settings {
     pub coins: CoinSettings,
     pub storage: StorageKind,
     pub ledger: LedgerSettings,
+    pub timers: TimerSettings,
+}
+
+/// Timed work: reminders, ringing calls, sagas left half-way.
+#[derive(Debug, Clone)]
+pub struct TimerSettings {
+    /// Milliseconds between looks for due timers.
+    pub poll_ms: u64,
+    /// Seconds a call rings before it is `missed`.
+    pub ring_timeout_secs: u64,
+    /// Lets an admin move the server's clock forward (`POST /v1/admin/clock`), so tests of
+    /// reminders and timeouts never wait for minutes. Never enable it in production.
+    pub adjustable_clock: bool,
 }
 
 /// Which payment provider takes top-ups.
@@ -157,7 +170,7 @@ impl Settings {
             match get(key) {
                 Some(v) => v
                     .parse()
-                    .with_context(|| format!("{key} must be a number of seconds")),
+                    .with_context(|| format!("{key} must be a whole number")),
                 None => Ok(default),
             }
         };
@@ -247,7 +260,13 @@ impl Settings {
             top_up_ttl_secs: seconds("TALKAMIE_TOPUP_SESSION_TTL_SECS", 24 * 3600)?,
             sweep_secs: seconds("TALKAMIE_LEDGER_SWEEP_SECS", 30)?.max(1),
         };
+        let timers = TimerSettings {
+            poll_ms: seconds("TALKAMIE_TIMER_POLL_MS", 1000)?.max(10),
+            ring_timeout_secs: seconds("TALKAMIE_RING_TIMEOUT_SECS", 45)?.max(1),
+            adjustable_clock: get("TALKAMIE_ADJUSTABLE_CLOCK").is_some_and(|v| v == "true"),
+        };
         Ok(Settings {
+            timers,
             ledger,
             storage,
             coins,

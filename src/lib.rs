@@ -6,11 +6,13 @@
 pub mod accounts;
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ledger;
 pub mod providers;
 pub mod ratelimit;
+pub mod scheduling;
 pub mod state;
 pub mod store;
 pub mod telemetry;

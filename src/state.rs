@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::auth::TokenKeys;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::providers::background::BackgroundChecks;
 use crate::providers::mail::Mailer;
@@ -28,4 +29,5 @@ pub struct AppState {
     pub internal_url: String,
     pub limits: RateLimits,
     pub hub: Arc<Hub>,
+    pub clock: Clock,
 }

@@ -54,6 +54,23 @@ pub enum Receipt {
     Read,
 }
 
+/// What a non-text message is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Attachment {
+    Schedule(String),
+    Call(String),
+}
+
+impl Attachment {
+    /// The message `type` and the id it links.
+    pub fn parts(&self) -> (&'static str, &str) {
+        match self {
+            Attachment::Schedule(id) => ("schedule", id),
+            Attachment::Call(id) => ("call", id),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PairCommand {
     SendConnectionRequest {
@@ -103,6 +120,8 @@ pub enum PairCommand {
         sender: String,
         text: String,
         client_id: Option<String>,
+        /// A schedule or call the message is about (`type: schedule|call`).
+        attachment: Option<Attachment>,
         at: DateTime<Utc>,
     },
     /// `member` has received (or read) every message of the other member up to `upto`.
@@ -170,6 +189,8 @@ pub enum PairEvent {
         sender: String,
         text: String,
         client_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attachment: Option<Attachment>,
         seq: u64,
         at: DateTime<Utc>,
     },
@@ -531,6 +552,7 @@ fn decide(pair: &Pair, command: PairCommand) -> Result<Vec<PairEvent>, PairError
             sender,
             text,
             client_id,
+            attachment,
             at,
         } => {
             if !pair.is_member(&sender) {
@@ -550,6 +572,7 @@ fn decide(pair: &Pair, command: PairCommand) -> Result<Vec<PairEvent>, PairError
                 sender,
                 text,
                 client_id,
+                attachment,
                 seq: pair.last_seq + 1,
                 at,
             }]
@@ -654,6 +677,7 @@ mod tests {
             sender: sender.into(),
             text: text.into(),
             client_id: client_id.map(String::from),
+            attachment: None,
             at: at(),
         }
     }
@@ -664,6 +688,7 @@ mod tests {
             sender: sender.into(),
             text: "hi".into(),
             client_id: client_id.map(String::from),
+            attachment: None,
             seq,
             at: at(),
         }
@@ -798,6 +823,7 @@ mod tests {
                 sender: "v".into(),
                 text: "hi".into(),
                 client_id: Some("c1".into()),
+                attachment: None,
                 seq: 1,
                 at: at(),
             }]);
@@ -821,6 +847,7 @@ mod tests {
                 sender: "s".into(),
                 text: "é".repeat(MAX_TEXT_CHARS),
                 client_id: None,
+                attachment: None,
                 seq: 1,
                 at: at(),
             }]);
@@ -843,6 +870,7 @@ mod tests {
                 sender: "v".into(),
                 text: "hi".into(),
                 client_id: Some("c1".into()),
+                attachment: None,
                 seq: 2,
                 at: at(),
             }]);

@@ -11,13 +11,14 @@ use serde_json::{json, Value};
 use sqlx::types::Json;
 use sqlx::FromRow;
 use talkamie_aggregates::alert_inbox::{AlertInbox, AlertInboxEvent};
+use talkamie_aggregates::calendar::CalendarEvent;
 use talkamie_aggregates::pair::PairEvent;
 use uuid::Uuid;
 
 use crate::chats::is_pair_event;
 use crate::db::{placeholders, Source};
 use crate::relations::iso;
-use crate::{ledger, with_source, with_tx, DbTx, ProjectionError, StoredEvent};
+use crate::{ledger, schedules, with_source, with_tx, DbTx, ProjectionError, StoredEvent};
 
 pub const TABLES: &[&str] = &["alerts"];
 
@@ -138,6 +139,64 @@ fn connect_request(id: &str, status: &str, from: &str, to: &str) -> Value {
     json!({ "id": id, "status": status, "from": {"id": from}, "to": {"id": to} })
 }
 
+/// `schedule` alerts from the volunteer's calendar (the commit point of every schedule change):
+/// the volunteer hears of a new or changed booking, the other side of a cancellation.
+async fn schedule_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+    let (schedule_id, recipient, status, actor, at) = match event.decode::<CalendarEvent>()? {
+        CalendarEvent::Booked {
+            schedule,
+            host: true,
+            update,
+            at,
+            ..
+        } => {
+            let status = if update { "updated" } else { "scheduled" };
+            (
+                schedule.id,
+                schedule.volunteer_id,
+                status,
+                schedule.senior_id,
+                at,
+            )
+        }
+        CalendarEvent::Released {
+            schedule_id,
+            host: true,
+            by,
+            at,
+        } => {
+            let parties: Option<(String, String)> = with_tx!(tx, conn => {
+                sqlx::query_as("SELECT senior_id, volunteer_id FROM schedules WHERE id = $1")
+                    .bind(&schedule_id)
+                    .fetch_optional(conn)
+                    .await?
+            });
+            let Some((senior, volunteer)) = parties else {
+                return Ok(());
+            };
+            let other = if by == senior {
+                volunteer
+            } else {
+                senior.clone()
+            };
+            (schedule_id, other, "canceled", by, at)
+        }
+        _ => return Ok(()),
+    };
+    let Some(row) = schedules::find(tx.into(), &schedule_id, at).await? else {
+        return Ok(());
+    };
+    let body = json!({
+        "schedule": {
+            "id": schedule_id, "title": row.title, "type": row.kind, "recurrence": row.recurrence,
+            "timeslot": {"from": iso(row.slot_from), "to": iso(row.slot_to)}, "status": status,
+        },
+        "chat": {"id": row.chat_id},
+        "user": user_brief(tx, &actor).await?,
+    });
+    insert(tx, event, &recipient, "schedule", &schedule_id, body, at).await
+}
+
 /// A `transaction` alert for every transaction the event created or changed (one event may
 /// change two: a failed payout and its refund).
 async fn transaction_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
@@ -184,6 +243,9 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             });
         }
         return Ok(());
+    }
+    if schedules::is_calendar_event(event) {
+        return schedule_alerts(tx, event).await;
     }
     if !is_pair_event(event) {
         return Ok(());

@@ -27,51 +27,9 @@ pub fn is_pair_event(event: &StoredEvent) -> bool {
     event.aggregate_type == <Pair as cqrs_es::Aggregate>::TYPE
 }
 
-/// A bound value.
-#[derive(Debug, Clone, Copy)]
-enum Bind<'a> {
-    Text(&'a str),
-    Int(i64),
-    Time(DateTime<Utc>),
-    Bool(bool),
-}
+use crate::bind_all;
+use crate::db::{exec, Bind, Params};
 use Bind::{Bool, Int, Text, Time};
-
-/// Binds values in order (`$1`, `$2`, ...) to a query of either store.
-macro_rules! bind_all {
-    ($query:expr, $binds:expr) => {{
-        let mut query = $query;
-        for bind in $binds.iter() {
-            query = match *bind {
-                Bind::Text(v) => query.bind(v),
-                Bind::Int(v) => query.bind(v),
-                Bind::Time(v) => query.bind(v),
-                Bind::Bool(v) => query.bind(v),
-            };
-        }
-        query
-    }};
-}
-
-/// Parameters of a query built piece by piece: `add` returns the placeholder to write.
-#[derive(Debug, Clone, Default)]
-struct Params<'a> {
-    binds: Vec<Bind<'a>>,
-}
-
-impl<'a> Params<'a> {
-    fn add(&mut self, bind: Bind<'a>) -> String {
-        self.binds.push(bind);
-        format!("${}", self.binds.len())
-    }
-}
-
-async fn exec(tx: &mut DbTx, sql: &str, binds: &[Bind<'_>]) -> Result<u64, ProjectionError> {
-    let affected = with_tx!(tx, conn => {
-        bind_all!(sqlx::query(sql), binds).execute(conn).await.map(|r| r.rows_affected())?
-    });
-    Ok(affected)
-}
 
 async fn set_request_status(
     tx: &mut DbTx,
@@ -295,6 +253,7 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             sender,
             text,
             client_id,
+            attachment,
             seq,
             at,
         } => {
@@ -310,6 +269,15 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                 at,
             )
             .await?;
+            if let Some(attachment) = &attachment {
+                let (kind, ref_id) = attachment.parts();
+                exec(
+                    tx,
+                    "UPDATE messages SET type = $2, ref_id = $3 WHERE id = $1",
+                    &[Text(&message_id), Text(kind), Text(ref_id)],
+                )
+                .await?;
+            }
             exec(
                 tx,
                 "UPDATE chat_members SET last_activity_at = $2 WHERE chat_id = $1",
@@ -577,10 +545,19 @@ pub struct MessageRow {
     pub delivery_status: String,
     pub delivery_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// The schedule or call a `schedule`/`call` message links.
+    pub ref_id: Option<String>,
+    pub schedule_title: Option<String>,
+    pub schedule_type: Option<String>,
+    pub schedule_recurrence: Option<String>,
+    pub schedule_from: Option<DateTime<Utc>>,
+    pub schedule_to: Option<DateTime<Utc>>,
 }
 
 const MESSAGE_COLUMNS: &str = "x.id, x.chat_id, x.seq, x.sender_id, u.name AS sender_name,
-    x.client_id, x.type, x.text, x.is_request, x.delivery_status, x.delivery_at, x.created_at";
+    x.client_id, x.type, x.text, x.is_request, x.delivery_status, x.delivery_at, x.created_at,
+    x.ref_id, s.title AS schedule_title, s.type AS schedule_type,
+    s.recurrence AS schedule_recurrence, s.starts_at AS schedule_from, s.ends_at AS schedule_to";
 
 impl MessageRow {
     /// `basic_chat_message`.
@@ -597,6 +574,19 @@ impl MessageRow {
         if let Some(client_id) = &self.client_id {
             message["clientId"] = json!(client_id);
         }
+        match (self.message_type.as_str(), &self.ref_id) {
+            ("schedule", Some(id)) => {
+                message["schedule"] = json!({
+                    "id": id,
+                    "title": self.schedule_title,
+                    "type": self.schedule_type,
+                    "recurrence": self.schedule_recurrence,
+                    "timeslot": {"from": self.schedule_from.map(iso), "to": self.schedule_to.map(iso)},
+                });
+            }
+            ("call", Some(id)) => message["call"] = json!({ "id": id }),
+            _ => {}
+        }
         message
     }
 }
@@ -609,6 +599,7 @@ async fn messages_where(
 ) -> Result<Vec<MessageRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages x LEFT JOIN users u ON u.id = x.sender_id
+           LEFT JOIN schedules s ON s.id = x.ref_id
           WHERE {condition} {tail}"
     );
     with_source!(source, conn => {

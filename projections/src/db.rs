@@ -128,3 +128,54 @@ impl Source<'_> {
         }
     }
 }
+
+/// A value bound to a query of either store.
+#[derive(Debug, Clone, Copy)]
+pub enum Bind<'a> {
+    Text(&'a str),
+    Int(i64),
+    Time(chrono::DateTime<chrono::Utc>),
+    Bool(bool),
+}
+
+/// Binds values in order (`$1`, `$2`, ...) to a query of either store.
+#[macro_export]
+macro_rules! bind_all {
+    ($query:expr, $binds:expr) => {{
+        let mut query = $query;
+        for bind in $binds.iter() {
+            query = match *bind {
+                $crate::db::Bind::Text(v) => query.bind(v),
+                $crate::db::Bind::Int(v) => query.bind(v),
+                $crate::db::Bind::Time(v) => query.bind(v),
+                $crate::db::Bind::Bool(v) => query.bind(v),
+            };
+        }
+        query
+    }};
+}
+
+/// Runs one statement inside the projector's transaction; returns the rows it touched.
+pub async fn exec(
+    tx: &mut DbTx,
+    sql: &str,
+    binds: &[Bind<'_>],
+) -> Result<u64, crate::ProjectionError> {
+    let affected = crate::with_tx!(tx, conn => {
+        crate::bind_all!(sqlx::query(sql), binds).execute(conn).await.map(|r| r.rows_affected())?
+    });
+    Ok(affected)
+}
+
+/// Parameters of a query built piece by piece: `add` returns the placeholder to write.
+#[derive(Debug, Clone, Default)]
+pub struct Params<'a> {
+    pub binds: Vec<Bind<'a>>,
+}
+
+impl<'a> Params<'a> {
+    pub fn add(&mut self, bind: Bind<'a>) -> String {
+        self.binds.push(bind);
+        format!("${}", self.binds.len())
+    }
+}

@@ -7,14 +7,15 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::types::Json;
 use talkamie_aggregates::alert_inbox::{AlertInbox, AlertInboxEvent};
+use talkamie_aggregates::calendar::CalendarEvent;
 use talkamie_aggregates::pair::PairEvent;
 use talkamie_aggregates::user::{User, UserEvent};
 use talkamie_aggregates::wallet::WalletEvent;
 
 use crate::chats::{self, is_pair_event};
 use crate::{
-    alerts, chat_views, ledger, relations, users, with_pool, with_tx, Db, DbTx, ProjectionError,
-    StoredEvent,
+    alerts, chat_views, ledger, relations, schedules, users, with_pool, with_tx, Db, DbTx,
+    ProjectionError, StoredEvent,
 };
 
 pub const TABLES: &[&str] = &["feed"];
@@ -41,6 +42,9 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projecti
     }
     if event.aggregate_type == <AlertInbox as cqrs_es::Aggregate>::TYPE {
         return inbox_pushes(tx, event).await;
+    }
+    if schedules::is_calendar_event(event) {
+        return calendar_pushes(tx, event).await;
     }
     if event.aggregate_type != <User as cqrs_es::Aggregate>::TYPE {
         return Ok(0);
@@ -91,7 +95,10 @@ async fn user_update(
     }
     let counters = relations::counters(tx.into(), user_id).await?;
     // Pushes go to a connected socket of the user, so `online` is true from their side.
-    let payload = json!({ "user": user.extended(true, &counters) });
+    let mut rendered = user.extended(true, &counters);
+    rendered["availability"] =
+        schedules::availability_json(tx.into(), user_id, &user.zone(), at).await?;
+    let payload = json!({ "user": rendered });
     push(tx, user_id, "user.update", &payload, at).await?;
     Ok(1)
 }
@@ -181,6 +188,48 @@ async fn alert_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Proje
         let payload = json!({ "alert": alert.to_json() });
         push(tx, &alert.user_id, action, &payload, event.recorded_at).await?;
         written += 1;
+    }
+    Ok(written)
+}
+
+/// The pushes of a Calendar event: schedule alerts, the volunteer's `user.update` when their
+/// availability or booked slots changed, and `schedule.upcoming` to both sides of a reminder.
+async fn calendar_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+    let mut written = alert_pushes(tx, event).await?;
+    let at = event.recorded_at;
+    match event.decode::<CalendarEvent>()? {
+        CalendarEvent::Reminded {
+            schedule_id,
+            occurrence,
+            ..
+        } => {
+            let Some(schedule) = schedules::find(tx.into(), &schedule_id, at).await? else {
+                return Ok(written);
+            };
+            let starts_in = (occurrence - at).num_seconds().max(0);
+            for (viewer, other) in [
+                (&schedule.senior_id, &schedule.volunteer_id),
+                (&schedule.volunteer_id, &schedule.senior_id),
+            ] {
+                let attendee = match users::find_by_id_tx(tx, other).await? {
+                    Some(user) => user.basic(&crate::profiles::Reader::user(viewer, false), false),
+                    None => json!({ "id": other }),
+                };
+                let payload = json!({
+                    "schedule": schedule.to_json(at, attendee),
+                    "startsInSeconds": starts_in,
+                });
+                push(tx, viewer, "schedule.upcoming", &payload, at).await?;
+                written += 1;
+            }
+        }
+        CalendarEvent::WeeklyAvailabilitySet { .. }
+        | CalendarEvent::CustomAvailabilitySet { .. }
+        | CalendarEvent::Booked { host: true, .. }
+        | CalendarEvent::Released { host: true, .. } => {
+            written += user_update(tx, &event.aggregate_id, at).await?;
+        }
+        _ => {}
     }
     Ok(written)
 }

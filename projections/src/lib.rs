@@ -17,6 +17,7 @@ pub mod presence;
 pub mod profiles;
 pub mod projector;
 pub mod relations;
+pub mod schedules;
 pub mod sealing;
 pub mod users;
 

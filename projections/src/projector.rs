@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use crate::log::{read_after, Checkpoint, StoredEvent};
-use crate::{alerts, chats, feed, ledger, users, with_tx, Db, DbTx, ProjectionError};
+use crate::{alerts, chats, feed, ledger, schedules, users, with_tx, Db, DbTx, ProjectionError};
 
 const BATCH_SIZE: i64 = 500;
 /// Fallback poll: picks up writes of other instances when no wake-up arrives.
@@ -28,15 +28,17 @@ pub enum Projection {
     Users,
     Chats,
     Ledger,
+    Schedules,
     Alerts,
     Feed,
 }
 
 impl Projection {
-    pub const ALL: [Projection; 5] = [
+    pub const ALL: [Projection; 6] = [
         Projection::Users,
         Projection::Chats,
         Projection::Ledger,
+        Projection::Schedules,
         Projection::Alerts,
         Projection::Feed,
     ];
@@ -46,6 +48,7 @@ impl Projection {
             Projection::Users => "users",
             Projection::Chats => "chats",
             Projection::Ledger => "ledger",
+            Projection::Schedules => "schedules",
             Projection::Alerts => "alerts",
             Projection::Feed => "feed",
         }
@@ -64,6 +67,7 @@ impl Projection {
             Projection::Users => users::TABLES,
             Projection::Chats => chats::TABLES,
             Projection::Ledger => ledger::TABLES,
+            Projection::Schedules => schedules::TABLES,
             Projection::Alerts => alerts::TABLES,
             Projection::Feed => feed::TABLES,
         }
@@ -85,6 +89,7 @@ impl Projection {
             Projection::Users => users::apply(tx, event).await,
             Projection::Chats => chats::apply(tx, event).await,
             Projection::Ledger => ledger::apply(tx, event).await,
+            Projection::Schedules => schedules::apply(tx, event).await,
             Projection::Alerts => alerts::apply(tx, event).await,
             Projection::Feed => {
                 let written = feed::apply(tx, event).await?;

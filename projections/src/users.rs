@@ -422,6 +422,13 @@ pub struct UserRecord {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
+impl UserRecord {
+    /// Where the user's wall clock is (their IANA zone, else their offset, else UTC).
+    pub fn zone(&self) -> talkamie_aggregates::calendar::Zone {
+        talkamie_aggregates::calendar::Zone::of_user(self.timezone.as_deref(), self.timezone_offset)
+    }
+}
+
 pub const USER_COLUMNS: &str = "id, email, email_verified, type, name, gender, bio, dob, city,
     state, country, license_id, paypal_email, language, visibility, timezone_offset, timezone,
     specialization, interests, certificate_state, picture_file, video_file, certificate_file,

@@ -312,3 +312,36 @@ pub async fn ledger_audit(
     let report = crate::ledger::audit::audit_settled(&state.store, user, as_of).await?;
     Ok(ok(report))
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClockBody {
+    /// Seconds to move the server's clock forward (1 to 31 days' worth)
+    advance_seconds: i64,
+}
+
+/// Moves the server's clock forward, for tests of reminders and call timeouts. Only with
+/// `TALKAMIE_ADJUSTABLE_CLOCK=true` (404 otherwise): never in production.
+#[utoipa::path(tag = "admin", security(("bearer" = [])), request_body = ClockBody,
+    responses((status = 200, description = "{now}"),
+              (status = 403, description = "not an admin"),
+              (status = 404, description = "the clock is not adjustable on this server")))]
+#[post("/v1/admin/clock")]
+pub async fn advance_clock(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    body: web::Json<ClockBody>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.settings.timers.adjustable_clock {
+        return Err(ApiError::not_found("adjustable clock"));
+    }
+    require_admin(&state, &who).await?;
+    if !(1..=31 * 24 * 3600).contains(&body.advance_seconds) {
+        return Err(ApiError::invalid(
+            json!({"advanceSeconds": "must be 1 to 2678400 seconds"}),
+        ));
+    }
+    let now = state.clock.advance(body.advance_seconds);
+    state.store.projector.nudge();
+    Ok(ok(json!({ "now": now })))
+}

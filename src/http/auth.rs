@@ -107,9 +107,16 @@ pub async fn extended_user(state: &AppState, user_id: &str) -> Result<Value, Api
         .online(&state.store.db, std::slice::from_ref(&user.id))
         .await;
     let counters = relations::counters((&state.store.db).into(), user_id).await?;
-    let mut user = user.extended(online.contains(user_id), &counters);
-    state.files.sign_urls(&mut user);
-    Ok(user)
+    let mut rendered = user.extended(online.contains(user_id), &counters);
+    rendered["availability"] = talkamie_projections::schedules::availability_json(
+        (&state.store.db).into(),
+        user_id,
+        &user.zone(),
+        state.clock.now(),
+    )
+    .await?;
+    state.files.sign_urls(&mut rendered);
+    Ok(rendered)
 }
 
 /// Opens a session and answers `user_account`.

@@ -335,6 +335,7 @@ pub async fn send_message(
         sender: who.user_id.clone(),
         text,
         client_id: client_id.clone(),
+        attachment: None,
         at: Utc::now(),
     };
     let events = execute_pair(state, &chat_id, command, who.metadata()).await?;

@@ -5,9 +5,11 @@ use actix_web::{get, web, HttpResponse};
 use chrono::{Months, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::Value;
+use talkamie_aggregates::calendar::Day;
 use talkamie_projections::directory::{self, like, Arg, Where, VOLUNTEER_VERIFIED_SQL};
 use talkamie_projections::profiles::Reader;
 use talkamie_projections::relations;
+use talkamie_projections::schedules::available_on_sql;
 use talkamie_projections::users::UserRecord;
 use utoipa::IntoParams;
 
@@ -36,7 +38,7 @@ pub struct UsersQuery {
     interests: Option<String>,
     /// A specialization code
     specialization: Option<String>,
-    /// `YYYY-MM-DD` (checked; applied once availability exists)
+    /// `YYYY-MM-DD`: volunteers with availability on that date (their local calendar)
     available_on: Option<String>,
 }
 
@@ -163,8 +165,16 @@ fn filters(reader: &UserRecord, q: &UsersQuery) -> Result<Where, ApiError> {
         w.push("specialization = ?", vec![text(code.trim())]);
     }
     if let Some(date) = q.available_on.as_deref().filter(|d| !d.is_empty()) {
-        if NaiveDate::parse_from_str(date, "%Y-%m-%d").is_err() {
-            p.add("availableOn", "must be a date YYYY-MM-DD");
+        match NaiveDate::parse_from_str(date, "%Y-%m-%d") {
+            // Volunteers with availability on that (their local) date; seniors have none.
+            Ok(date) => w.push(
+                &format!(
+                    "type = 'volunteer' AND {}",
+                    available_on_sql("users.id", Day::of(date))
+                ),
+                vec![text(&date.to_string()), text(&date.to_string())],
+            ),
+            Err(_) => p.add("availableOn", "must be a date YYYY-MM-DD"),
         }
     }
     p.finish()?;

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod auth;
+pub mod availability;
 pub mod catalogs;
 pub mod chats;
 pub mod connections;
@@ -16,6 +17,7 @@ pub mod otp;
 pub mod pagination;
 pub mod payments;
 pub mod profile;
+pub mod schedules;
 pub mod users;
 pub mod validate;
 
@@ -115,7 +117,20 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(payments::checkout_page)
         .service(payments::checkout_pay)
         .service(payments::checkout_cancel)
-        .service(admin::ledger_audit);
+        .service(admin::ledger_audit)
+        .service(admin::advance_clock)
+        .service(availability::get_weekly)
+        .service(availability::set_weekly)
+        .service(availability::get_custom)
+        .service(availability::set_custom)
+        .service(schedules::schedule_call)
+        .service(schedules::list_schedules)
+        .service(schedules::upcoming_schedules)
+        .service(schedules::past_schedules)
+        .service(schedules::get_schedule)
+        .service(schedules::update_schedule)
+        .service(schedules::cancel_schedule)
+        .service(schedules::clear_schedules);
 }
 
 /// The OpenAPI document of [`routes`].

@@ -1,5 +1,7 @@
 //! Section 4: a user's profile (`GET/PUT/DELETE /v1/user/{id}`) and password.
 
+use std::collections::HashMap;
+
 use actix_web::{delete, get, put, web, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
@@ -7,7 +9,7 @@ use serde_json::Value;
 use talkamie_aggregates::email_claim::{EmailClaim, EmailClaimCommand};
 use talkamie_aggregates::user::UserCommand;
 use talkamie_projections::profiles::Reader;
-use talkamie_projections::relations;
+use talkamie_projections::relations::{self, Relation};
 use talkamie_projections::users::{self, UserRecord};
 use talkamie_projections::{sealing, with_pool, Db};
 use utoipa::ToSchema;
@@ -63,6 +65,22 @@ pub fn may_see(reader: &UserRecord, target: &UserRecord, connected: bool) -> boo
     }
 }
 
+/// Another user `reader` may see (404 otherwise), with the reader's relation to them.
+pub async fn visible_user(
+    state: &AppState,
+    reader: &UserRecord,
+    id: &str,
+) -> Result<(UserRecord, HashMap<String, Relation>), ApiError> {
+    let relations =
+        relations::relations((&state.store.db).into(), &reader.id, &[id.to_string()]).await?;
+    let connected = relations.get(id).is_some_and(|r| r.connected);
+    let target = users::find_by_id(&state.store.db, id)
+        .await?
+        .filter(|target| may_see(reader, target, connected))
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok((target, relations))
+}
+
 /// A user as `reader` sees them: `extended_user` for yourself, else `full_user`.
 pub async fn user_as_seen_by(
     state: &AppState,
@@ -72,13 +90,7 @@ pub async fn user_as_seen_by(
     if id == reader.id {
         return super::auth::extended_user(state, id).await;
     }
-    let relations =
-        relations::relations((&state.store.db).into(), &reader.id, &[id.to_string()]).await?;
-    let connected = relations.get(id).is_some_and(|r| r.connected);
-    let target = users::find_by_id(&state.store.db, id)
-        .await?
-        .filter(|target| may_see(reader, target, connected))
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let (target, relations) = visible_user(state, reader, id).await?;
     let online = state
         .hub
         .online(&state.store.db, std::slice::from_ref(&target.id))
@@ -86,6 +98,13 @@ pub async fn user_as_seen_by(
         .contains(id);
     let reader = Reader::user(&reader.id, reader.user_type == "admin").with_relations(relations);
     let mut user = target.full(&reader, online);
+    user["availability"] = talkamie_projections::schedules::availability_json(
+        (&state.store.db).into(),
+        &target.id,
+        &target.zone(),
+        state.clock.now(),
+    )
+    .await?;
     state.files.sign_urls(&mut user);
     Ok(user)
 }
@@ -230,6 +249,13 @@ pub async fn delete_user(
     let email = target.email.clone().unwrap_or_default();
     // The wallet decides first: a pending payout refuses the deletion before anything goes.
     crate::ledger::forfeit_balance(&state, &id, who.metadata()).await?;
+    // Future schedules are cancelled, so the other side is alerted and their time is free.
+    let now = state.clock.now();
+    for schedule in
+        talkamie_projections::schedules::future_of((&state.store.db).into(), &id, now).await?
+    {
+        crate::scheduling::cancel(&state, &schedule, &id, who.metadata()).await?;
+    }
     execute_user(
         &state,
         &id,

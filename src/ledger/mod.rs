@@ -78,7 +78,7 @@ pub async fn execute(
 }
 
 fn system(actor: &str) -> Metadata {
-    Metadata::from([("actor".to_string(), actor.to_string())])
+    crate::store::system_metadata(actor)
 }
 
 /// The sealed PayPal email a withdrawal's payout goes to, from the wallet's stream.

@@ -22,6 +22,11 @@ use super::Store;
 /// Who asked and in which request; stored with every event.
 pub type Metadata = HashMap<String, String>;
 
+/// Metadata of a command the server issues itself (`actor`: which part of it).
+pub fn system_metadata(actor: &str) -> Metadata {
+    Metadata::from([("actor".to_string(), actor.to_string())])
+}
+
 /// Attempts of one command when another writer of the same aggregate got there first
 /// (a busy wallet: a top-up, a withdrawal and a payout landing at once).
 const MAX_ATTEMPTS: u32 = 10;

@@ -13,7 +13,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use talkamie_projections::{Db, Projector};
 
-pub use bus::{CommandError, Metadata};
+pub use bus::{system_metadata, CommandError, Metadata};
 pub use secrets::secret;
 
 use crate::config::Settings;

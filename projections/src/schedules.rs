@@ -1,0 +1,665 @@
+//! Read model `schedules`: availability (`availability_weekly`, `availability_custom`), the
+//! schedules with their occurrences, each calendar's hold on a schedule (`calendar_bookings`)
+//! and the reminders due (`schedule_reminders`), all from the Calendar streams.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde_json::{json, Map, Value};
+use sqlx::types::Json;
+use sqlx::FromRow;
+use talkamie_aggregates::calendar::{
+    Calendar, CalendarEvent, Day, Range, Recurrence, Schedule, Slot, Zone,
+};
+
+use crate::bind_all;
+use crate::db::{exec, Bind, Params, Source};
+use crate::relations::iso;
+use crate::{with_source, with_tx, DbTx, ProjectionError, StoredEvent};
+use Bind::{Int, Text, Time};
+
+pub const TABLES: &[&str] = &[
+    "availability_weekly",
+    "availability_custom",
+    "schedules",
+    "schedule_occurrences",
+    "calendar_bookings",
+    "schedule_reminders",
+];
+
+/// Reminders go out this many seconds before each occurrence (and at its start).
+pub const REMINDER_LEADS: [i64; 2] = [600, 0];
+
+pub fn is_calendar_event(event: &StoredEvent) -> bool {
+    event.aggregate_type == <Calendar as cqrs_es::Aggregate>::TYPE
+}
+
+/// `[{start, end}]` as the contract shows ranges.
+pub fn ranges_json(ranges: &[Range]) -> Value {
+    ranges
+        .iter()
+        .map(|r| json!({"start": Range::clock(r.start), "end": Range::clock(r.end)}))
+        .collect()
+}
+
+pub fn week_json(week: &BTreeMap<Day, Vec<Range>>) -> Value {
+    let mut out = Map::new();
+    for day in Day::ALL {
+        out.insert(
+            day.as_str().into(),
+            ranges_json(week.get(&day).map(Vec::as_slice).unwrap_or(&[])),
+        );
+    }
+    Value::Object(out)
+}
+
+fn zone_text(zone: &Zone) -> String {
+    match zone {
+        Zone::Named(name) => name.clone(),
+        Zone::Offset(minutes) => format!(
+            "UTC{}{:02}:{:02}",
+            if *minutes < 0 { '-' } else { '+' },
+            minutes.abs() / 60,
+            minutes.abs() % 60
+        ),
+    }
+}
+
+pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+    if !is_calendar_event(event) {
+        return Ok(());
+    }
+    let owner = event.aggregate_id.as_str();
+    match event.decode::<CalendarEvent>()? {
+        CalendarEvent::WeeklyAvailabilitySet { week } => {
+            let week = week_json(&week);
+            with_tx!(tx, conn => {
+                sqlx::query(
+                    "INSERT INTO availability_weekly (user_id, week, updated_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (user_id) DO UPDATE SET week = excluded.week,
+                                                         updated_at = excluded.updated_at",
+                )
+                .bind(owner)
+                .bind(Json(&week))
+                .bind(event.recorded_at)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())?
+            });
+        }
+        CalendarEvent::CustomAvailabilitySet { days } => {
+            for (day, ranges) in days {
+                let ranges = ranges_json(&ranges);
+                with_tx!(tx, conn => {
+                    sqlx::query(
+                        "INSERT INTO availability_custom (user_id, day, ranges) VALUES ($1, $2, $3)
+                         ON CONFLICT (user_id, day) DO UPDATE SET ranges = excluded.ranges",
+                    )
+                    .bind(owner)
+                    .bind(day)
+                    .bind(Json(&ranges))
+                    .execute(conn)
+                    .await
+                    .map(|r| r.rows_affected())?
+                });
+            }
+        }
+        CalendarEvent::Booked {
+            schedule,
+            occurrences,
+            host,
+            at,
+            ..
+        } => {
+            exec(
+                tx,
+                "INSERT INTO calendar_bookings (user_id, schedule_id, host, live, booked_at)
+                 VALUES ($1, $2, $3, TRUE, $4)
+                 ON CONFLICT (user_id, schedule_id) DO UPDATE SET live = TRUE, booked_at = $4",
+                &[Text(owner), Text(&schedule.id), Bind::Bool(host), Time(at)],
+            )
+            .await?;
+            if host {
+                record_schedule(tx, &schedule, &occurrences, at).await?;
+            }
+        }
+        CalendarEvent::Released {
+            schedule_id,
+            host,
+            by,
+            at,
+        } => {
+            exec(
+                tx,
+                "UPDATE calendar_bookings SET live = FALSE WHERE user_id = $1 AND schedule_id = $2",
+                &[Text(owner), Text(&schedule_id)],
+            )
+            .await?;
+            if host {
+                exec(
+                    tx,
+                    "UPDATE schedules SET state = 'canceled', canceled_by = $2, updated_at = $3
+                      WHERE id = $1",
+                    &[Text(&schedule_id), Text(&by), Time(at)],
+                )
+                .await?;
+                exec(
+                    tx,
+                    "DELETE FROM schedule_reminders WHERE schedule_id = $1 AND sent_at IS NULL",
+                    &[Text(&schedule_id)],
+                )
+                .await?;
+            }
+        }
+        CalendarEvent::Reminded {
+            schedule_id,
+            occurrence,
+            lead_secs,
+            at,
+        } => {
+            exec(
+                tx,
+                "UPDATE schedule_reminders SET sent_at = $4
+                  WHERE schedule_id = $1 AND occurrence = $2 AND lead_secs = $3",
+                &[
+                    Text(&schedule_id),
+                    Time(occurrence),
+                    Int(lead_secs),
+                    Time(at),
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The schedule row, its occurrences and its reminders (an update replaces all three).
+async fn record_schedule(
+    tx: &mut DbTx,
+    schedule: &Schedule,
+    occurrences: &[Slot],
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let last_ends = occurrences
+        .iter()
+        .map(|s| s.to)
+        .max()
+        .unwrap_or(schedule.first.to);
+    let zone = zone_text(&schedule.zone);
+    exec(
+        tx,
+        "INSERT INTO schedules (id, senior_id, volunteer_id, chat_id, title, type, recurrence,
+                                starts_at, ends_at, last_ends_at, zone, state, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'live', $12, $12)
+         ON CONFLICT (id) DO UPDATE SET title = $5, type = $6, recurrence = $7, starts_at = $8,
+                ends_at = $9, last_ends_at = $10, zone = $11, state = 'live', updated_at = $12",
+        &[
+            Text(&schedule.id),
+            Text(&schedule.senior_id),
+            Text(&schedule.volunteer_id),
+            Text(&schedule.chat_id),
+            Text(&schedule.title),
+            Text(schedule.kind.as_str()),
+            Text(schedule.recurrence.as_str()),
+            Time(schedule.first.from),
+            Time(schedule.first.to),
+            Time(last_ends),
+            Text(&zone),
+            Time(at),
+        ],
+    )
+    .await?;
+    exec(
+        tx,
+        "DELETE FROM schedule_occurrences WHERE schedule_id = $1",
+        &[Text(&schedule.id)],
+    )
+    .await?;
+    exec(
+        tx,
+        "DELETE FROM schedule_reminders WHERE schedule_id = $1 AND sent_at IS NULL",
+        &[Text(&schedule.id)],
+    )
+    .await?;
+    for slot in occurrences {
+        exec(
+            tx,
+            "INSERT INTO schedule_occurrences (schedule_id, starts_at, ends_at) VALUES ($1, $2, $3)",
+            &[Text(&schedule.id), Time(slot.from), Time(slot.to)],
+        )
+        .await?;
+        for lead in REMINDER_LEADS {
+            exec(
+                tx,
+                "INSERT INTO schedule_reminders (schedule_id, occurrence, lead_secs, due_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[
+                    Text(&schedule.id),
+                    Time(slot.from),
+                    Int(lead),
+                    Time(slot.from - Duration::seconds(lead)),
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The weekly availability of a user, every day present (`{sun:[...], ...}`).
+pub async fn weekly(source: Source<'_>, user_id: &str) -> Result<Value, sqlx::Error> {
+    let week: Option<Json<Value>> = with_source!(source, conn => {
+        sqlx::query_scalar("SELECT week FROM availability_weekly WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?
+    });
+    Ok(week
+        .map(|w| w.0)
+        .unwrap_or_else(|| week_json(&BTreeMap::new())))
+}
+
+/// Custom dates of a user between `from` and `to` (inclusive): `{"YYYY-MM-DD": [...]}`.
+pub async fn custom(
+    source: Source<'_>,
+    user_id: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Value, sqlx::Error> {
+    let rows: Vec<(NaiveDate, Json<Value>)> = with_source!(source, conn => {
+        sqlx::query_as(
+            "SELECT day, ranges FROM availability_custom
+              WHERE user_id = $1 AND day >= $2 AND day <= $3 ORDER BY day",
+        )
+        .bind(user_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(conn)
+        .await?
+    });
+    Ok(Value::Object(
+        rows.into_iter()
+            .map(|(day, ranges)| (day.to_string(), ranges.0))
+            .collect(),
+    ))
+}
+
+/// `availability{custom, weekly, bookedSlots{custom, weekly}}` of `full_user`: custom dates from
+/// `today` (the user's local date) and the booked times of live schedules still to come, both
+/// in the user's wall-clock time.
+pub async fn availability_json(
+    mut source: Source<'_>,
+    user_id: &str,
+    zone: &Zone,
+    now: DateTime<Utc>,
+) -> Result<Value, sqlx::Error> {
+    let today = zone.local(now).date();
+    let weekly = weekly(source.reborrow(), user_id).await?;
+    let custom = custom(source.reborrow(), user_id, today, NaiveDate::MAX).await?;
+    let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = with_source!(source, conn => {
+        sqlx::query_as(
+            "SELECT recurrence, starts_at, ends_at FROM schedules
+              WHERE (volunteer_id = $1 OR senior_id = $1) AND state = 'live' AND last_ends_at > $2
+              ORDER BY starts_at",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(conn)
+        .await?
+    });
+    let mut booked_custom: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut booked_weekly: BTreeMap<Day, Vec<Value>> = BTreeMap::new();
+    for (recurrence, from, to) in rows {
+        let (start, end) = (zone.local(from), zone.local(to));
+        let range = json!({
+            "start": start.format("%H:%M").to_string(),
+            "end": if end.date() > start.date() { "24:00".to_string() } else { end.format("%H:%M").to_string() },
+        });
+        match recurrence.as_str() {
+            "weekly" => booked_weekly
+                .entry(Day::of(start.date()))
+                .or_default()
+                .push(range),
+            "daily" => {
+                for day in Day::ALL {
+                    booked_weekly.entry(day).or_default().push(range.clone());
+                }
+            }
+            _ => booked_custom
+                .entry(start.date().to_string())
+                .or_default()
+                .push(range),
+        }
+    }
+    let booked_weekly: Map<String, Value> = booked_weekly
+        .into_iter()
+        .map(|(day, ranges)| (day.as_str().to_string(), json!(ranges)))
+        .collect();
+    Ok(json!({
+        "custom": custom,
+        "weekly": weekly,
+        "bookedSlots": {"custom": booked_custom, "weekly": booked_weekly},
+    }))
+}
+
+/// SQL condition (for the directory's `?` placeholders: bind the date twice): the user in
+/// `user_column` has availability on that local date, whose weekday is `weekday` (a custom entry
+/// with ranges, or no custom entry and weekly ranges on that weekday). JSON compares as text,
+/// and PostgreSQL may print a space after a colon.
+pub fn available_on_sql(user_column: &str, weekday: Day) -> String {
+    let day = weekday.as_str();
+    format!(
+        "(EXISTS (SELECT 1 FROM availability_custom ac
+                   WHERE ac.user_id = {user_column} AND CAST(ac.day AS TEXT) = ?
+                     AND CAST(ac.ranges AS TEXT) <> '[]')
+          OR (NOT EXISTS (SELECT 1 FROM availability_custom ac
+                           WHERE ac.user_id = {user_column} AND CAST(ac.day AS TEXT) = ?)
+              AND EXISTS (SELECT 1 FROM availability_weekly aw
+                           WHERE aw.user_id = {user_column}
+                             AND CAST(aw.week AS TEXT) NOT LIKE '%\"{day}\":[]%'
+                             AND CAST(aw.week AS TEXT) NOT LIKE '%\"{day}\": []%')))"
+    )
+}
+
+/// A schedule row with what a viewer needs to render it.
+#[derive(Debug, Clone, FromRow)]
+pub struct ScheduleRow {
+    pub id: String,
+    pub senior_id: String,
+    pub volunteer_id: String,
+    pub chat_id: String,
+    pub title: String,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub recurrence: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub last_ends_at: DateTime<Utc>,
+    pub zone: String,
+    pub state: String,
+    pub canceled_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The occurrence running now or next (or the last one when all are over).
+    pub slot_from: DateTime<Utc>,
+    pub slot_to: DateTime<Utc>,
+}
+
+const SCHEDULE_COLUMNS: &str = "s.id, s.senior_id, s.volunteer_id, s.chat_id, s.title, s.type,
+    s.recurrence, s.starts_at, s.ends_at, s.last_ends_at, s.zone, s.state, s.canceled_by,
+    s.created_at, s.updated_at";
+
+/// The current or next occurrence at `$1` (else the last one).
+const SLOT_COLUMNS: &str = "
+    COALESCE((SELECT MIN(o.starts_at) FROM schedule_occurrences o
+               WHERE o.schedule_id = s.id AND o.ends_at > $1),
+             (SELECT MAX(o.starts_at) FROM schedule_occurrences o WHERE o.schedule_id = s.id),
+             s.starts_at) AS slot_from,
+    COALESCE((SELECT MIN(o.ends_at) FROM schedule_occurrences o
+               WHERE o.schedule_id = s.id AND o.ends_at > $1),
+             s.last_ends_at) AS slot_to";
+
+impl ScheduleRow {
+    pub fn other_side(&self, viewer: &str) -> &str {
+        if viewer == self.senior_id {
+            &self.volunteer_id
+        } else {
+            &self.senior_id
+        }
+    }
+
+    pub fn is_member(&self, user_id: &str) -> bool {
+        user_id == self.senior_id || user_id == self.volunteer_id
+    }
+
+    pub fn status(&self, now: DateTime<Utc>) -> &'static str {
+        if self.state == "canceled" {
+            "canceled"
+        } else if self.slot_from <= now && now < self.slot_to {
+            "on-going"
+        } else if now < self.slot_from {
+            "upcoming"
+        } else {
+            "past"
+        }
+    }
+
+    pub fn recurrence(&self) -> Recurrence {
+        match self.recurrence.as_str() {
+            "daily" => Recurrence::Daily,
+            "weekly" => Recurrence::Weekly,
+            _ => Recurrence::None,
+        }
+    }
+
+    /// `basic_call_schedule` with `attendee` (the other side, already rendered).
+    pub fn to_json(&self, now: DateTime<Utc>, attendee: Value) -> Value {
+        json!({
+            "id": self.id,
+            "title": self.title,
+            "type": self.kind,
+            "recurrence": self.recurrence,
+            "timeslot": {"from": iso(self.slot_from), "to": iso(self.slot_to)},
+            "status": self.status(now),
+            "attendee": attendee,
+            "chat": {"id": self.chat_id},
+        })
+    }
+
+    /// `full_call_schedule`: the basic shape plus both sides, the series and its history.
+    pub fn to_full_json(&self, now: DateTime<Utc>, attendee: Value, occurrences: &[Slot]) -> Value {
+        let mut schedule = self.to_json(now, attendee);
+        let extra = json!({
+            "senior": {"id": self.senior_id},
+            "volunteer": {"id": self.volunteer_id},
+            "startDateTime": iso(self.starts_at),
+            "endDateTime": iso(self.ends_at),
+            "occurrences": occurrences.iter()
+                .map(|s| json!({"from": iso(s.from), "to": iso(s.to)}))
+                .collect::<Vec<_>>(),
+            "timezone": self.zone,
+            "canceledBy": self.canceled_by.as_ref().map(|id| json!({"id": id})),
+            "insertDate": iso(self.created_at),
+            "updateDate": iso(self.updated_at),
+        });
+        if let (Some(target), Value::Object(extra)) = (schedule.as_object_mut(), extra) {
+            target.extend(extra);
+        }
+        schedule
+    }
+}
+
+pub async fn find(
+    source: Source<'_>,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<ScheduleRow>, sqlx::Error> {
+    let sql = format!("SELECT {SCHEDULE_COLUMNS}, {SLOT_COLUMNS} FROM schedules s WHERE s.id = $2");
+    with_source!(source, conn => {
+        sqlx::query_as::<_, ScheduleRow>(&sql).bind(now).bind(id).fetch_optional(conn).await
+    })
+}
+
+pub async fn occurrences(source: Source<'_>, id: &str) -> Result<Vec<Slot>, sqlx::Error> {
+    let rows: Vec<(DateTime<Utc>, DateTime<Utc>)> = with_source!(source, conn => {
+        sqlx::query_as(
+            "SELECT starts_at, ends_at FROM schedule_occurrences WHERE schedule_id = $1
+              ORDER BY starts_at",
+        )
+        .bind(id)
+        .fetch_all(conn)
+        .await?
+    });
+    Ok(rows
+        .into_iter()
+        .map(|(from, to)| Slot { from, to })
+        .collect())
+}
+
+/// Which schedules a list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleList {
+    /// Every schedule, latest first.
+    All,
+    /// Live schedules with an occurrence still to end, soonest first.
+    Upcoming,
+    /// Schedules whose last occurrence has ended, or that were canceled, latest first.
+    Past,
+}
+
+/// One page of `user_id`'s schedules; `after` is the previous page's last `(starts_at, id)`.
+pub async fn page(
+    mut source: Source<'_>,
+    user_id: &str,
+    list: ScheduleList,
+    keyword: Option<&str>,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> Result<(Vec<ScheduleRow>, i64), sqlx::Error> {
+    let mut params = Params::default();
+    params.add(Time(now));
+    let user = params.add(Text(user_id));
+    let mut filters = vec![format!("(s.senior_id = {user} OR s.volunteer_id = {user})")];
+    match list {
+        ScheduleList::All => {}
+        ScheduleList::Upcoming => filters.push("s.state = 'live' AND s.last_ends_at > $1".into()),
+        ScheduleList::Past => filters.push("(s.state = 'canceled' OR s.last_ends_at <= $1)".into()),
+    }
+    let pattern = keyword.map(crate::directory::like);
+    if let Some(pattern) = &pattern {
+        let pattern = params.add(Text(pattern));
+        filters.push(format!(
+            "(LOWER(s.title) LIKE {pattern} ESCAPE '\\'
+              OR LOWER(COALESCE(u.name, '')) LIKE {pattern} ESCAPE '\\')"
+        ));
+    }
+    let from = format!(
+        "FROM schedules s LEFT JOIN users u
+           ON u.id = CASE WHEN s.senior_id = {user} THEN s.volunteer_id ELSE s.senior_id END"
+    );
+    let count_sql = format!("SELECT COUNT(*) {from} WHERE {}", filters.join(" AND "));
+    let count_binds = params.binds.clone();
+    let total: i64 = with_source!(source.reborrow(), conn => {
+        bind_all!(sqlx::query_scalar(&count_sql), count_binds).fetch_one(conn).await?
+    });
+    let (order, cmp) = match list {
+        ScheduleList::Upcoming => ("ASC", ">"),
+        _ => ("DESC", "<"),
+    };
+    if let Some((at, id)) = &after {
+        let (at, id) = (params.add(Time(*at)), params.add(Text(id)));
+        filters.push(format!(
+            "(s.starts_at {cmp} {at} OR (s.starts_at = {at} AND s.id {cmp} {id}))"
+        ));
+    }
+    let sql = format!(
+        "SELECT {SCHEDULE_COLUMNS}, {SLOT_COLUMNS} {from} WHERE {}
+          ORDER BY s.starts_at {order}, s.id {order} LIMIT {limit}",
+        filters.join(" AND ")
+    );
+    let rows = with_source!(source, conn => {
+        bind_all!(sqlx::query_as::<_, ScheduleRow>(&sql), params.binds).fetch_all(conn).await?
+    });
+    Ok((rows, total))
+}
+
+/// The live future schedules between two people (for "clear my schedules with {id}").
+pub async fn future_between(
+    source: Source<'_>,
+    a: &str,
+    b: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    with_source!(source, conn => {
+        sqlx::query_scalar(
+            "SELECT id FROM schedules
+              WHERE ((senior_id = $1 AND volunteer_id = $2) OR (senior_id = $2 AND volunteer_id = $1))
+                AND state = 'live' AND last_ends_at > $3 ORDER BY starts_at",
+        )
+        .bind(a)
+        .bind(b)
+        .bind(now)
+        .fetch_all(conn)
+        .await
+    })
+}
+
+/// Every live future schedule of a user (account deletion cancels them).
+pub async fn future_of(
+    source: Source<'_>,
+    user_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<ScheduleRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {SCHEDULE_COLUMNS}, {SLOT_COLUMNS} FROM schedules s
+          WHERE (s.senior_id = $2 OR s.volunteer_id = $2) AND s.state = 'live' AND s.last_ends_at > $1"
+    );
+    with_source!(source, conn => {
+        sqlx::query_as::<_, ScheduleRow>(&sql).bind(now).bind(user_id).fetch_all(conn).await
+    })
+}
+
+/// Guest holds older than `before` whose schedule has no live host booking: sagas that stopped
+/// half-way (a crash between the two calendars). `(user_id, schedule_id)`.
+pub async fn orphan_holds(
+    source: Source<'_>,
+    before: DateTime<Utc>,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    with_source!(source, conn => {
+        sqlx::query_as(
+            "SELECT g.user_id, g.schedule_id FROM calendar_bookings g
+              WHERE g.host = FALSE AND g.live = TRUE AND g.booked_at < $1
+                AND NOT EXISTS (SELECT 1 FROM calendar_bookings h
+                                 WHERE h.schedule_id = g.schedule_id AND h.host = TRUE
+                                   AND h.live = TRUE)",
+        )
+        .bind(before)
+        .fetch_all(conn)
+        .await
+    })
+}
+
+/// A reminder that is due: `(schedule id, occurrence, lead seconds, volunteer id)`.
+pub type DueReminder = (String, DateTime<Utc>, i64, String);
+
+/// Claims up to `limit` due reminders for `lease` (other instances skip them meanwhile).
+pub async fn claim_due_reminders(
+    db: &crate::Db,
+    now: DateTime<Utc>,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<DueReminder>, sqlx::Error> {
+    let select = "SELECT r.schedule_id, r.occurrence, r.lead_secs, s.volunteer_id
+                    FROM schedule_reminders r JOIN schedules s ON s.id = r.schedule_id
+                   WHERE r.sent_at IS NULL AND r.due_at <= $1
+                     AND (r.claimed_until IS NULL OR r.claimed_until < $1)
+                   ORDER BY r.due_at LIMIT $2";
+    let claim = "UPDATE schedule_reminders SET claimed_until = $4
+                  WHERE schedule_id = $1 AND occurrence = $2 AND lead_secs = $3";
+    let until = now + lease;
+    let locked = match db {
+        crate::Db::Postgres(_) => format!("{select} FOR UPDATE OF r SKIP LOCKED"),
+        crate::Db::Sqlite(_) => select.to_string(),
+    };
+    crate::with_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let due: Vec<DueReminder> = sqlx::query_as(&locked)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (schedule_id, occurrence, lead, _) in &due {
+            sqlx::query(claim)
+                .bind(schedule_id)
+                .bind(occurrence)
+                .bind(lead)
+                .bind(until)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(due)
+    })
+}
