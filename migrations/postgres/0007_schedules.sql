@@ -74,7 +74,7 @@ CREATE TABLE schedule_reminders
 (
     schedule_id   text NOT NULL,
     occurrence    timestamptz NOT NULL,
-    lead_secs     integer NOT NULL,
+    lead_secs     bigint NOT NULL,
     due_at        timestamptz NOT NULL,
     claimed_until timestamptz,
     sent_at       timestamptz,

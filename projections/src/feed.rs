@@ -201,12 +201,14 @@ async fn calendar_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Pr
         CalendarEvent::Reminded {
             schedule_id,
             occurrence,
+            at: now,
             ..
         } => {
-            let Some(schedule) = schedules::find(tx.into(), &schedule_id, at).await? else {
+            // `now` is the server's clock when the reminder was due (tests move it forward).
+            let Some(schedule) = schedules::find(tx.into(), &schedule_id, now).await? else {
                 return Ok(written);
             };
-            let starts_in = (occurrence - at).num_seconds().max(0);
+            let starts_in = (occurrence - now).num_seconds().max(0);
             for (viewer, other) in [
                 (&schedule.senior_id, &schedule.volunteer_id),
                 (&schedule.volunteer_id, &schedule.senior_id),
@@ -216,7 +218,7 @@ async fn calendar_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Pr
                     None => json!({ "id": other }),
                 };
                 let payload = json!({
-                    "schedule": schedule.to_json(at, attendee),
+                    "schedule": schedule.to_json(now, attendee),
                     "startsInSeconds": starts_in,
                 });
                 push(tx, viewer, "schedule.upcoming", &payload, at).await?;

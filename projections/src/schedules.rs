@@ -296,7 +296,9 @@ pub async fn availability_json(
 ) -> Result<Value, sqlx::Error> {
     let today = zone.local(now).date();
     let weekly = weekly(source.reborrow(), user_id).await?;
-    let custom = custom(source.reborrow(), user_id, today, NaiveDate::MAX).await?;
+    // A real bound: SQLite compares dates as text, where NaiveDate::MAX sorts first.
+    let horizon = today + chrono::Days::new(talkamie_aggregates::calendar::MAX_DAYS_AHEAD + 1);
+    let custom = custom(source.reborrow(), user_id, today, horizon).await?;
     let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = with_source!(source, conn => {
         sqlx::query_as(
             "SELECT recurrence, starts_at, ends_at FROM schedules

@@ -22,7 +22,7 @@ fn png(width: u32, height: u32) -> Vec<u8> {
     out.into_inner()
 }
 
-async fn signed(server: &Server, token: &str, items: Value) -> (StatusCode, Value) {
+pub async fn signed(server: &Server, token: &str, items: Value) -> (StatusCode, Value) {
     server
         .post(
             "/v1/signed/urls",
@@ -32,7 +32,12 @@ async fn signed(server: &Server, token: &str, items: Value) -> (StatusCode, Valu
         .await
 }
 
-async fn put_bytes(server: &Server, url: &str, mime: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
+pub async fn put_bytes(
+    server: &Server,
+    url: &str,
+    mime: &str,
+    bytes: Vec<u8>,
+) -> (StatusCode, Value) {
     let response = server
         .http
         .put(url)

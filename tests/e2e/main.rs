@@ -13,6 +13,7 @@ mod instances;
 mod ledger;
 mod profiles;
 mod s3;
+mod schedules;
 mod store;
 mod stripe;
 mod ws;
