@@ -86,8 +86,7 @@ pub async fn set_availability(
 
 /// A call's price: every started minute at the configured rate.
 pub fn price(state: &AppState, seconds: i64) -> i64 {
-    let minutes = (seconds.max(0) + 59) / 60;
-    minutes * state.settings.coins.call_coins_per_minute as i64
+    talkamie_aggregates::call::price(seconds, state.settings.coins.call_coins_per_minute as i64)
 }
 
 /// Books `schedule` on both calendars (or moves it, when `previous` is the booking it

@@ -6,6 +6,7 @@
 
 pub mod alert_inbox;
 pub mod calendar;
+pub mod call;
 pub mod email_claim;
 pub mod otp;
 pub mod pair;
