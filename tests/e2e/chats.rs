@@ -32,25 +32,7 @@ async fn user(server: &Server, kind: &str) -> (String, String) {
 async fn connected_pair(server: &Server) -> ((String, String), (String, String), String) {
     let senior = user(server, "senior").await;
     let volunteer = user(server, "volunteer").await;
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!("/v1/user/{}/connection", volunteer.0),
-            Some(&senior.1),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!("/v1/user/{}/connection/accept", senior.0),
-            Some(&volunteer.1),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let chat = body["data"]["chat"]["id"].as_str().unwrap().to_string();
+    let chat = server.connect(&senior, &volunteer).await;
     (senior, volunteer, chat)
 }
 

@@ -316,19 +316,7 @@ async fn a_volunteer_becomes_verified_and_findable(backend: Backend) {
             json!({"email": email, "purpose": "verify-email"}),
         )
         .await;
-    let mail = std::fs::read_dir(db.mail_dir())
-        .unwrap()
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .find(|t| t.contains(&email))
-        .unwrap();
-    let code: String = mail
-        .split("code to verify your email: ")
-        .nth(1)
-        .unwrap()
-        .chars()
-        .take(6)
-        .collect();
+    let code = db.mailed_code(&email, "code to verify your email: ");
     let (status, _) = server
         .post(
             "/v1/otp/verify",

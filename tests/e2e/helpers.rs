@@ -438,3 +438,50 @@ impl Server {
         let _ = self.child.wait();
     }
 }
+
+impl TestDb {
+    /// The six-digit code of the last mail to `email` that says `lead` right before it.
+    pub fn mailed_code(&self, email: &str, lead: &str) -> String {
+        let mail = std::fs::read_dir(self.mail_dir())
+            .expect("mail dir")
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .find(|t| t.contains(email) && t.contains(lead))
+            .unwrap_or_else(|| panic!("no mail to {email} with {lead:?}"));
+        mail.split(lead)
+            .nth(1)
+            .expect("code")
+            .chars()
+            .take(6)
+            .collect()
+    }
+}
+
+impl Server {
+    /// Connects `senior` with `volunteer` (each `(id, token)`): request and accept; returns the
+    /// chat id.
+    pub async fn connect(&self, senior: &(String, String), volunteer: &(String, String)) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/v1/user/{}/connection", volunteer.0),
+                Some(&senior.1),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/v1/user/{}/connection/accept", senior.0),
+                Some(&volunteer.1),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"]["chat"]["id"]
+            .as_str()
+            .expect("chat id")
+            .to_string()
+    }
+}

@@ -55,19 +55,7 @@ async fn verified_volunteer(server: &Server, db: &TestDb, admin: &str) -> (Strin
             json!({"email": email, "purpose": "verify-email"}),
         )
         .await;
-    let mail = std::fs::read_dir(db.mail_dir())
-        .expect("mail dir")
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .find(|t| t.contains(&email))
-        .expect("verification mail");
-    let code: String = mail
-        .split("code to verify your email: ")
-        .nth(1)
-        .expect("code")
-        .chars()
-        .take(6)
-        .collect();
+    let code = db.mailed_code(&email, "code to verify your email: ");
     let (status, _) = server
         .post(
             "/v1/otp/verify",
@@ -93,36 +81,6 @@ async fn verified_volunteer(server: &Server, db: &TestDb, admin: &str) -> (Strin
         "{me}"
     );
     (id, token)
-}
-
-/// Connects a senior with a volunteer; returns the chat id.
-async fn connect(
-    server: &Server,
-    senior: &(String, String),
-    volunteer: &(String, String),
-) -> String {
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!("/v1/user/{}/connection", volunteer.0),
-            Some(&senior.1),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!("/v1/user/{}/connection/accept", senior.0),
-            Some(&volunteer.1),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["data"]["chat"]["id"]
-        .as_str()
-        .expect("chat id")
-        .to_string()
 }
 
 async fn set_weekly(server: &Server, token: &str, week: Value) -> (StatusCode, Value) {
@@ -375,7 +333,7 @@ async fn scheduling_follows_every_rule(backend: Backend) {
     let volunteer = verified_volunteer(&server, &db, &admin).await;
     let senior = user(&server, "senior").await;
     let stranger = user(&server, "senior").await;
-    let chat = connect(&server, &senior, &volunteer).await;
+    let chat = server.connect(&senior, &volunteer).await;
     fund(&server, &senior.1, 5000).await;
     let (status, _) = set_weekly(&server, &volunteer.1, all_week("08:00", "20:00")).await;
     assert_eq!(status, StatusCode::OK);
@@ -488,7 +446,7 @@ async fn scheduling_follows_every_rule(backend: Backend) {
     }
     // A weekly series whose 7th week meets another senior's call: 409 naming that week.
     let other = user(&server, "senior").await;
-    connect(&server, &other, &volunteer).await;
+    server.connect(&other, &volunteer).await;
     fund(&server, &other.1, 5000).await;
     let week7 = at_hour(2, 15) + Span::weeks(6);
     let (status, body) = book(&server, &other.1, &volunteer.0, week7, 30, "none").await;
@@ -734,7 +692,7 @@ async fn weekly_hours_stay_local_across_daylight_saving(backend: Backend) {
     let (_, admin) = server.admin(&db).await;
     let volunteer = verified_volunteer(&server, &db, &admin).await;
     let senior = user(&server, "senior").await;
-    connect(&server, &senior, &volunteer).await;
+    server.connect(&senior, &volunteer).await;
     fund(&server, &senior.1, 5000).await;
     let (status, body) = server
         .call(
@@ -836,7 +794,7 @@ async fn racing_bookings_never_overlap(backend: Backend) {
     let mut seniors = Vec::new();
     for _ in 0..50 {
         let senior = user(&server, "senior").await;
-        connect(&server, &senior, &volunteer).await;
+        server.connect(&senior, &volunteer).await;
         fund(&server, &senior.1, 100).await;
         seniors.push(senior);
     }
@@ -911,7 +869,7 @@ async fn racing_bookings_never_overlap(backend: Backend) {
     for _ in 0..5 {
         let other = verified_volunteer(&server, &db, &admin).await;
         set_weekly(&server, &other.1, all_week("00:00", "24:00")).await;
-        connect(&server, &senior, &other).await;
+        server.connect(&senior, &other).await;
         volunteers.push(other);
     }
     let hour = at_hour(3, 12);
@@ -966,7 +924,7 @@ async fn reminders_arrive_once_even_with_two_instances(backend: Backend) {
     let (_, admin) = one.admin(&db).await;
     let volunteer = verified_volunteer(&one, &db, &admin).await;
     let senior = user(&one, "senior").await;
-    connect(&one, &senior, &volunteer).await;
+    one.connect(&senior, &volunteer).await;
     fund(&one, &senior.1, 1000).await;
     set_weekly(&one, &volunteer.1, all_week("00:00", "24:00")).await;
     let start = Utc::now() + Span::hours(1);
