@@ -60,7 +60,8 @@ pub fn calendar_rejected(error: CalendarError) -> ApiError {
     }
 }
 
-async fn execute(
+/// Runs a command on `user_id`'s calendar (availability, bookings, reminders).
+pub async fn execute(
     state: &AppState,
     user_id: &str,
     command: CalendarCommand,
@@ -72,16 +73,6 @@ async fn execute(
         .await
         .map(|_| ())
         .map_err(|e| ApiError::from_command(e, calendar_rejected))
-}
-
-/// Runs an availability command on the owner's calendar.
-pub async fn set_availability(
-    state: &AppState,
-    user_id: &str,
-    command: CalendarCommand,
-    metadata: Metadata,
-) -> Result<(), ApiError> {
-    execute(state, user_id, command, metadata).await
 }
 
 /// A call's price: every started minute at the configured rate.

@@ -142,7 +142,7 @@ fn connect_request(id: &str, status: &str, from: &str, to: &str) -> Value {
 /// `schedule` alerts from the volunteer's calendar (the commit point of every schedule change):
 /// the volunteer hears of a new or changed booking, the other side of a cancellation.
 async fn schedule_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
-    let (schedule_id, recipient, status, actor, at) = match event.decode::<CalendarEvent>()? {
+    let (schedule_id, status, by, at) = match event.decode::<CalendarEvent>()? {
         CalendarEvent::Booked {
             schedule,
             host: true,
@@ -151,40 +151,24 @@ async fn schedule_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), Proje
             ..
         } => {
             let status = if update { "updated" } else { "scheduled" };
-            (
-                schedule.id,
-                schedule.volunteer_id,
-                status,
-                schedule.senior_id,
-                at,
-            )
+            (schedule.id, status, None, at)
         }
         CalendarEvent::Released {
             schedule_id,
             host: true,
             by,
             at,
-        } => {
-            let parties: Option<(String, String)> = with_tx!(tx, conn => {
-                sqlx::query_as("SELECT senior_id, volunteer_id FROM schedules WHERE id = $1")
-                    .bind(&schedule_id)
-                    .fetch_optional(conn)
-                    .await?
-            });
-            let Some((senior, volunteer)) = parties else {
-                return Ok(());
-            };
-            let other = if by == senior {
-                volunteer
-            } else {
-                senior.clone()
-            };
-            (schedule_id, other, "canceled", by, at)
-        }
+        } => (schedule_id, "canceled", Some(by), at),
         _ => return Ok(()),
     };
     let Some(row) = schedules::find(tx.into(), &schedule_id, at).await? else {
         return Ok(());
+    };
+    // The volunteer hears of bookings and moves (made by the senior); the other side of
+    // whoever cancelled hears of a cancellation.
+    let (recipient, actor) = match &by {
+        None => (row.volunteer_id.clone(), row.senior_id.clone()),
+        Some(by) => (row.other_side(by).to_string(), by.clone()),
     };
     let body = json!({
         "schedule": {

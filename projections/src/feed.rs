@@ -96,8 +96,7 @@ async fn user_update(
     let counters = relations::counters(tx.into(), user_id).await?;
     // Pushes go to a connected socket of the user, so `online` is true from their side.
     let mut rendered = user.extended(true, &counters);
-    rendered["availability"] =
-        schedules::availability_json(tx.into(), user_id, &user.zone(), at).await?;
+    rendered["availability"] = schedules::availability_json(tx.into(), &user, at).await?;
     let payload = json!({ "user": rendered });
     push(tx, user_id, "user.update", &payload, at).await?;
     Ok(1)

@@ -277,7 +277,8 @@ pub fn file_json(user_id: &str, file: &Option<sqlx::types::Json<Value>>) -> Valu
     out
 }
 
-fn merge(target: &mut Value, extra: Value) {
+/// Adds the keys of `extra` to the object `target` (both JSON objects).
+pub fn merge(target: &mut Value, extra: Value) {
     if let (Value::Object(target), Value::Object(extra)) = (target, extra) {
         for (k, v) in extra {
             target.insert(k, v);

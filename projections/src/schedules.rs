@@ -15,6 +15,7 @@ use talkamie_aggregates::calendar::{
 use crate::bind_all;
 use crate::db::{exec, Bind, Params, Source};
 use crate::relations::iso;
+use crate::users::UserRecord;
 use crate::{with_source, with_tx, DbTx, ProjectionError, StoredEvent};
 use Bind::{Int, Text, Time};
 
@@ -290,15 +291,24 @@ pub async fn custom(
 /// in the user's wall-clock time.
 pub async fn availability_json(
     mut source: Source<'_>,
-    user_id: &str,
-    zone: &Zone,
+    user: &UserRecord,
     now: DateTime<Utc>,
 ) -> Result<Value, sqlx::Error> {
+    let user_id = user.id.as_str();
+    let zone = &user.zone();
     let today = zone.local(now).date();
-    let weekly = weekly(source.reborrow(), user_id).await?;
-    // A real bound: SQLite compares dates as text, where NaiveDate::MAX sorts first.
-    let horizon = today + chrono::Days::new(talkamie_aggregates::calendar::MAX_DAYS_AHEAD + 1);
-    let custom = custom(source.reborrow(), user_id, today, horizon).await?;
+    // Only volunteers publish availability: spare the two reads for everyone else (this runs
+    // for every `user.update` push).
+    let (weekly, custom) = if user.is_volunteer() {
+        // A real bound: SQLite compares dates as text, where NaiveDate::MAX sorts first.
+        let horizon = today + chrono::Days::new(talkamie_aggregates::calendar::MAX_DAYS_AHEAD + 1);
+        (
+            weekly(source.reborrow(), user_id).await?,
+            custom(source.reborrow(), user_id, today, horizon).await?,
+        )
+    } else {
+        (week_json(&BTreeMap::new()), json!({}))
+    };
     let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = with_source!(source, conn => {
         sqlx::query_as(
             "SELECT recurrence, starts_at, ends_at FROM schedules
@@ -465,9 +475,7 @@ impl ScheduleRow {
             "insertDate": iso(self.created_at),
             "updateDate": iso(self.updated_at),
         });
-        if let (Some(target), Value::Object(extra)) = (schedule.as_object_mut(), extra) {
-            target.extend(extra);
-        }
+        crate::profiles::merge(&mut schedule, extra);
         schedule
     }
 }

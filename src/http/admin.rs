@@ -342,6 +342,5 @@ pub async fn advance_clock(
         ));
     }
     let now = state.clock.advance(body.advance_seconds);
-    state.store.projector.nudge();
     Ok(ok(json!({ "now": now })))
 }

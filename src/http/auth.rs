@@ -110,8 +110,7 @@ pub async fn extended_user(state: &AppState, user_id: &str) -> Result<Value, Api
     let mut rendered = user.extended(online.contains(user_id), &counters);
     rendered["availability"] = talkamie_projections::schedules::availability_json(
         (&state.store.db).into(),
-        user_id,
-        &user.zone(),
+        &user,
         state.clock.now(),
     )
     .await?;

@@ -147,7 +147,7 @@ pub async fn set_weekly(
     }
     problems.finish()?;
     let command = CalendarCommand::SetWeekly { week };
-    scheduling::set_availability(&state, &who.user_id, command, who.metadata()).await?;
+    scheduling::execute(&state, &who.user_id, command, who.metadata()).await?;
     Ok(ok(schedules::weekly(
         (&state.store.db).into(),
         &who.user_id,
@@ -234,7 +234,7 @@ pub async fn set_custom(
     };
     let today = user.zone().local(state.clock.now()).date();
     let command = CalendarCommand::SetCustom { days, today };
-    scheduling::set_availability(&state, &who.user_id, command, who.metadata()).await?;
+    scheduling::execute(&state, &who.user_id, command, who.metadata()).await?;
     let stored = schedules::custom((&state.store.db).into(), &who.user_id, first, last).await?;
     let set: Map<String, Value> = stored
         .as_object()

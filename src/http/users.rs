@@ -100,8 +100,7 @@ pub async fn user_as_seen_by(
     let mut user = target.full(&reader, online);
     user["availability"] = talkamie_projections::schedules::availability_json(
         (&state.store.db).into(),
-        &target.id,
-        &target.zone(),
+        &target,
         state.clock.now(),
     )
     .await?;
