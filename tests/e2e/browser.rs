@@ -82,6 +82,12 @@ impl Driver {
     }
 
     async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, value) = self.try_call(method, path, body).await;
+        assert_eq!(status, StatusCode::OK, "WebDriver {path}: {value}");
+        value["value"].clone()
+    }
+
+    async fn try_call(&self, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if !body.is_null() {
@@ -89,9 +95,7 @@ impl Driver {
         }
         let response = request.send().await.expect("webdriver");
         let status = response.status();
-        let value: Value = response.json().await.expect("json");
-        assert_eq!(status, StatusCode::OK, "WebDriver {path}: {value}");
-        value["value"].clone()
+        (status, response.json().await.expect("json"))
     }
 
     async fn session_call(&self, method: &str, path: &str, body: Value) -> Value {
@@ -132,6 +136,25 @@ impl Driver {
             json!(null),
         )
         .await
+    }
+
+    /// The attribute, or `None` while the page is being replaced (the element found a moment
+    /// ago is gone: WebDriver's "stale element reference" or "no such element").
+    async fn attribute_while_loading(&self, css: &str, name: &str) -> Option<Value> {
+        let session = format!("/session/{}", self.session);
+        let (status, found) = self
+            .try_call(
+                "POST",
+                &format!("{session}/element"),
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        let element = found["value"][ELEMENT]
+            .as_str()
+            .filter(|_| status == StatusCode::OK)?;
+        let path = format!("{session}/element/{element}/attribute/{name}");
+        let (status, value) = self.try_call("GET", &path, json!(null)).await;
+        (status == StatusCode::OK).then(|| value["value"].clone())
     }
 
     async fn text(&self, css: &str) -> String {
@@ -177,7 +200,11 @@ async fn paying_on_the_sandbox_checkout_page_in_chromium_credits_the_coins(backe
     driver.click("#pay").await;
     let mut status = Value::Null;
     for _ in 0..50 {
-        status = driver.attribute("#status", "data-status").await;
+        // Pay submits a form: the next page replaces this one while we look.
+        status = driver
+            .attribute_while_loading("#status", "data-status")
+            .await
+            .unwrap_or(Value::Null);
         if status == "succeeded" {
             break;
         }
