@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod app;
 pub mod auth;
+pub mod calls;
 pub mod clock;
 pub mod config;
 pub mod http;

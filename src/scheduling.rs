@@ -173,8 +173,8 @@ pub async fn post_schedule_message(
     Ok((!events.is_empty()).then_some(message_id))
 }
 
-/// The timer loop: sends due reminders and releases guest holds of sagas that stopped
-/// half-way. Every instance runs it; claims and the aggregates make each effect happen once.
+/// The timer loop: sends due reminders, misses and ends calls on time (`crate::calls`), and
+/// finishes sagas that stopped half-way (booking holds, call billing). Every instance runs it; claims and the aggregates make each effect happen once.
 pub async fn run_timers(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(state.settings.timers.poll_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -187,10 +187,16 @@ pub async fn run_timers(state: web::Data<AppState>, mut stop: watch::Receiver<bo
         if let Err(error) = send_due_reminders(&state).await {
             tracing::warn!(error = %error.message, "reminders failed; retrying next tick");
         }
-        let sweep_every = (10_000 / state.settings.timers.poll_ms).max(1);
+        if let Err(error) = crate::calls::run_due(&state).await {
+            tracing::warn!(error = %error.message, "call timers failed; retrying next tick");
+        }
+        let sweep_every = (5_000 / state.settings.timers.poll_ms).max(1);
         if rounds.is_multiple_of(sweep_every) {
             if let Err(error) = release_orphan_holds(&state).await {
                 tracing::warn!(error = %error.message, "orphan sweep failed; retrying later");
+            }
+            if let Err(error) = crate::calls::billing::sweep(&state).await {
+                tracing::warn!(error = %error.message, "billing sweep failed; retrying later");
             }
         }
         rounds += 1;

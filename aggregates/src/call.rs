@@ -58,6 +58,15 @@ pub enum CallCommand {
         by: Option<String>,
         at: DateTime<Utc>,
     },
+    /// The billing saga's last step: what the wallets took and gave for this call. Once.
+    Settle {
+        charged_coins: i64,
+        earned_coins: i64,
+        /// The senior's balance after the charge, and the low-balance threshold then.
+        balance_after: i64,
+        low_balance_coins: i64,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,8 +100,36 @@ pub enum CallEvent {
         price_coins: i64,
         at: DateTime<Utc>,
     },
+    /// The call is paid for: `charged_coins` left the senior's wallet (the price, or less when
+    /// the balance no longer covered it), `earned_coins` went to the volunteer.
+    Billed {
+        charged_coins: i64,
+        earned_coins: i64,
+        balance_after: i64,
+        low_balance_coins: i64,
+        at: DateTime<Utc>,
+    },
 }
 domain_event!(CallEvent, "1");
+
+impl CallEvent {
+    /// Whether this billing took the senior's balance from at or above the threshold to below.
+    pub fn crossed_low_balance(&self) -> bool {
+        match self {
+            CallEvent::Billed {
+                charged_coins,
+                balance_after,
+                low_balance_coins,
+                ..
+            } => {
+                *charged_coins > 0
+                    && *balance_after < *low_balance_coins
+                    && balance_after + charged_coins >= *low_balance_coins
+            }
+            _ => false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
@@ -145,6 +182,7 @@ pub struct Call {
     pub accepted_at: Option<DateTime<Utc>>,
     pub coins_per_minute: i64,
     pub limit_secs: i64,
+    pub billed: bool,
 }
 
 /// Every started minute of `seconds` at `coins_per_minute`.
@@ -257,6 +295,25 @@ fn decide(call: &Call, command: CallCommand) -> Result<Vec<CallEvent>, CallError
                 at,
             }]
         }
+        CallCommand::Settle {
+            charged_coins,
+            earned_coins,
+            balance_after,
+            low_balance_coins,
+            at,
+        } => {
+            expect(Status::Ended)?;
+            if call.billed {
+                return Ok(vec![]);
+            }
+            vec![CallEvent::Billed {
+                charged_coins,
+                earned_coins,
+                balance_after,
+                low_balance_coins,
+                at,
+            }]
+        }
     })
 }
 
@@ -303,6 +360,7 @@ impl Aggregate for Call {
             CallEvent::Rejected { .. } => self.status = Status::Rejected,
             CallEvent::Missed { .. } => self.status = Status::Missed,
             CallEvent::Ended { .. } => self.status = Status::Ended,
+            CallEvent::Billed { .. } => self.billed = true,
         }
     }
 }
@@ -485,5 +543,53 @@ mod tests {
                 at: t(191),
             })
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_ended_call_is_settled_once() {
+        let settle = CallCommand::Settle {
+            charged_coins: 100,
+            earned_coins: 70,
+            balance_after: 200,
+            low_balance_coins: 250,
+            at: t(80),
+        };
+        let billed = CallEvent::Billed {
+            charged_coins: 100,
+            earned_coins: 70,
+            balance_after: 200,
+            low_balance_coins: 250,
+            at: t(80),
+        };
+        let ended = CallEvent::Ended {
+            by: Some("senior".into()),
+            reason: EndReason::HungUp,
+            duration_secs: 61,
+            price_coins: 100,
+            at: t(71),
+        };
+        let accepted = CallEvent::Accepted { at: t(10) };
+        Given::with(())
+            .given(vec![started(180), accepted.clone()])
+            .when(settle.clone())
+            .then_expect_error(CallError::WrongStatus("accepted"));
+        Given::with(())
+            .given(vec![started(180), accepted.clone(), ended.clone()])
+            .when(settle.clone())
+            .then_expect_events(vec![billed.clone()]);
+        Given::with(())
+            .given(vec![started(180), accepted, ended, billed.clone()])
+            .when(settle)
+            .then_expect_events(vec![]);
+        // 300 -> 200 crosses a threshold of 250; 200 -> 100 does not cross it again.
+        assert!(billed.crossed_low_balance());
+        let again = CallEvent::Billed {
+            charged_coins: 100,
+            earned_coins: 70,
+            balance_after: 100,
+            low_balance_coins: 250,
+            at: t(90),
+        };
+        assert!(!again.crossed_low_balance());
     }
 }

@@ -159,7 +159,7 @@ pub enum WalletCommand {
         at: DateTime<Utc>,
     },
     /// A call's price, charged to the senior's wallet (into the calls clearing account).
-    /// Once per call; never more than the balance.
+    /// Once per call; never more than the balance (capped at it; nothing when it is empty).
     ChargeCall {
         transaction_id: String,
         call_id: String,
@@ -559,8 +559,11 @@ fn decide(
                 return Ok(vec![]);
             }
             check_amount(coins)?;
-            if coins > wallet.balance {
-                return Err(WalletError::InsufficientCoins(wallet.balance));
+            // The call's limit was what the balance bought when it started; only another call
+            // of the same senior ending first can leave less. Take what is there, never more.
+            let coins = coins.min(wallet.balance);
+            if coins == 0 {
+                return Ok(vec![]);
             }
             vec![wallet.post(
                 owner,
@@ -961,10 +964,23 @@ mod tests {
             .given(senior)
             .when(charge(150))
             .then_expect_events(vec![]);
+        // Less left than the price (a second call of the same senior ended first): the charge
+        // takes what is there and the balance stays at zero.
+        let short = history(funded(100).into_iter().chain([charge(150)]).collect());
+        let capped = &postings(&short)[1];
+        assert_eq!(capped.balance, 0);
+        assert_eq!(capped.lines[0].coins, -100);
         Given::with(())
-            .given(history(funded(100)))
-            .when(charge(150))
-            .then_expect_error(WalletError::InsufficientCoins(100));
+            .given(history(
+                funded(100).into_iter().chain([charge(100)]).collect(),
+            ))
+            .when(cmd(WalletCommand::ChargeCall {
+                transaction_id: "c2".into(),
+                call_id: "call-2".into(),
+                coins: 50,
+                at: at(3),
+            }))
+            .then_expect_events(vec![]);
 
         let earn = |volunteer_coins| {
             cmd(WalletCommand::CreditCallEarning {

@@ -136,6 +136,9 @@ pub enum Bind<'a> {
     Int(i64),
     Time(chrono::DateTime<chrono::Utc>),
     Bool(bool),
+    OptText(Option<&'a str>),
+    OptInt(Option<i64>),
+    OptTime(Option<chrono::DateTime<chrono::Utc>>),
 }
 
 /// Binds values in order (`$1`, `$2`, ...) to a query of either store.
@@ -149,6 +152,9 @@ macro_rules! bind_all {
                 $crate::db::Bind::Int(v) => query.bind(v),
                 $crate::db::Bind::Time(v) => query.bind(v),
                 $crate::db::Bind::Bool(v) => query.bind(v),
+                $crate::db::Bind::OptText(v) => query.bind(v),
+                $crate::db::Bind::OptInt(v) => query.bind(v),
+                $crate::db::Bind::OptTime(v) => query.bind(v),
             };
         }
         query

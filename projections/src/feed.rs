@@ -8,13 +8,14 @@ use serde_json::{json, Value};
 use sqlx::types::Json;
 use talkamie_aggregates::alert_inbox::{AlertInbox, AlertInboxEvent};
 use talkamie_aggregates::calendar::CalendarEvent;
+use talkamie_aggregates::call::CallEvent;
 use talkamie_aggregates::pair::PairEvent;
 use talkamie_aggregates::user::{User, UserEvent};
 use talkamie_aggregates::wallet::WalletEvent;
 
 use crate::chats::{self, is_pair_event};
 use crate::{
-    alerts, chat_views, ledger, relations, schedules, users, with_pool, with_tx, Db, DbTx,
+    alerts, calls, chat_views, ledger, relations, schedules, users, with_pool, with_tx, Db, DbTx,
     ProjectionError, StoredEvent,
 };
 
@@ -45,6 +46,9 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projecti
     }
     if schedules::is_calendar_event(event) {
         return calendar_pushes(tx, event).await;
+    }
+    if calls::is_call_event(event) {
+        return call_pushes(tx, event).await;
     }
     if event.aggregate_type != <User as cqrs_es::Aggregate>::TYPE {
         return Ok(0);
@@ -81,22 +85,34 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projecti
     user_update(tx, user_id, event.recorded_at).await
 }
 
+/// The user's `extended_user` as it is at `at` (none once deleted).
+async fn extended_user(
+    tx: &mut DbTx,
+    user_id: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<Value>, ProjectionError> {
+    let Some(user) = users::find_by_id_tx(tx, user_id).await? else {
+        return Ok(None);
+    };
+    if user.is_deleted() {
+        return Ok(None);
+    }
+    let counters = relations::counters(tx.into(), user_id, user.day_start(at)).await?;
+    // Pushes go to a connected socket of the user, so `online` is true from their side.
+    let mut rendered = user.extended(true, &counters);
+    rendered["availability"] = schedules::availability_json(tx.into(), &user, at).await?;
+    Ok(Some(rendered))
+}
+
 /// `user.update` with the user's `extended_user` as it is now.
 async fn user_update(
     tx: &mut DbTx,
     user_id: &str,
     at: DateTime<Utc>,
 ) -> Result<usize, ProjectionError> {
-    let Some(user) = users::find_by_id_tx(tx, user_id).await? else {
+    let Some(rendered) = extended_user(tx, user_id, at).await? else {
         return Ok(0);
     };
-    if user.is_deleted() {
-        return Ok(0);
-    }
-    let counters = relations::counters(tx.into(), user_id).await?;
-    // Pushes go to a connected socket of the user, so `online` is true from their side.
-    let mut rendered = user.extended(true, &counters);
-    rendered["availability"] = schedules::availability_json(tx.into(), &user, at).await?;
     let payload = json!({ "user": rendered });
     push(tx, user_id, "user.update", &payload, at).await?;
     Ok(1)
@@ -235,6 +251,58 @@ async fn calendar_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Pr
     Ok(written)
 }
 
+/// The pushes of a Call event: `call.incoming` to the callee's sockets, the answer (accepted,
+/// rejected, missed) to both sides, and `call.ended` with each side's updated user once the call
+/// is billed (so `me` shows the new balance), plus `user.coins.low` when the senior's balance
+/// fell below the threshold.
+async fn call_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+    let at = event.recorded_at;
+    let change = event.decode::<CallEvent>()?;
+    let Some(call) = calls::find(tx.into(), &event.aggregate_id).await? else {
+        return Ok(0);
+    };
+    let both = [call.caller_id.clone(), call.callee_id.clone()];
+    let (action, recipients) = match change {
+        CallEvent::Started { .. } => ("call.incoming", &both[1..]),
+        CallEvent::Accepted { .. } => ("call.accepted", &both[..]),
+        CallEvent::Rejected { .. } => ("call.rejected", &both[..]),
+        CallEvent::Missed { .. } => ("call.missed", &both[..]),
+        // Ended: `call.ended` waits for the billing, which follows at once.
+        CallEvent::Ended { .. } => return Ok(0),
+        CallEvent::Billed { .. } => ("call.ended", &both[..]),
+    };
+    let mut written = 0;
+    for viewer in recipients {
+        let other = call.other_side(viewer);
+        let user = match users::find_by_id_tx(tx, other).await? {
+            Some(user) => user.basic(&crate::profiles::Reader::user(viewer, false), false),
+            None => json!({ "id": other }),
+        };
+        let mut payload = json!({
+            "call": call.to_json(viewer, user),
+            "chat": {"id": call.chat_id},
+        });
+        if matches!(change, CallEvent::Billed { .. }) {
+            payload["me"] = extended_user(tx, viewer, at).await?.unwrap_or(Value::Null);
+        }
+        push(tx, viewer, action, &payload, at).await?;
+        written += 1;
+    }
+    if change.crossed_low_balance() {
+        if let CallEvent::Billed {
+            balance_after,
+            low_balance_coins,
+            ..
+        } = change
+        {
+            let payload = json!({ "balance": balance_after, "lowBalanceCoins": low_balance_coins });
+            push(tx, &call.caller_id, "user.coins.low", &payload, at).await?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
 /// The pushes of a Wallet event: `transaction` alerts, then the owner's `user.update` when the
 /// balance or the alert count changed.
 async fn wallet_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
@@ -344,7 +412,7 @@ async fn inbox_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Proje
     Ok(1)
 }
 
-async fn push(
+pub(crate) async fn push(
     tx: &mut DbTx,
     user_id: &str,
     action: &str,

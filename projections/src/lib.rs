@@ -6,6 +6,7 @@
 //! applies a batch plus the new checkpoint in one transaction.
 
 pub mod alerts;
+pub mod calls;
 pub mod chat_views;
 pub mod chats;
 pub mod db;

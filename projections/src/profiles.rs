@@ -236,7 +236,7 @@ impl UserRecord {
                 "call": {"maxCount": self.max_call_count, "maxDuration": max_duration},
                 "notifications": {"push": {"enabled": self.push_enabled}}
             },
-            "dailyInfo": {"totalCalls": 0},
+            "dailyInfo": {"totalCalls": counters.total_calls_today},
             "timezoneOffset": self.timezone_offset.unwrap_or(0),
             "timezone": self.timezone,
             "totalConnections": counters.total_connections,

@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use crate::log::{read_after, Checkpoint, StoredEvent};
-use crate::{alerts, chats, feed, ledger, schedules, users, with_tx, Db, DbTx, ProjectionError};
+use crate::{
+    alerts, calls, chats, feed, ledger, schedules, users, with_tx, Db, DbTx, ProjectionError,
+};
 
 const BATCH_SIZE: i64 = 500;
 /// Fallback poll: picks up writes of other instances when no wake-up arrives.
@@ -29,16 +31,18 @@ pub enum Projection {
     Chats,
     Ledger,
     Schedules,
+    Calls,
     Alerts,
     Feed,
 }
 
 impl Projection {
-    pub const ALL: [Projection; 6] = [
+    pub const ALL: [Projection; 7] = [
         Projection::Users,
         Projection::Chats,
         Projection::Ledger,
         Projection::Schedules,
+        Projection::Calls,
         Projection::Alerts,
         Projection::Feed,
     ];
@@ -49,6 +53,7 @@ impl Projection {
             Projection::Chats => "chats",
             Projection::Ledger => "ledger",
             Projection::Schedules => "schedules",
+            Projection::Calls => "calls",
             Projection::Alerts => "alerts",
             Projection::Feed => "feed",
         }
@@ -68,6 +73,7 @@ impl Projection {
             Projection::Chats => chats::TABLES,
             Projection::Ledger => ledger::TABLES,
             Projection::Schedules => schedules::TABLES,
+            Projection::Calls => calls::TABLES,
             Projection::Alerts => alerts::TABLES,
             Projection::Feed => feed::TABLES,
         }
@@ -90,6 +96,7 @@ impl Projection {
             Projection::Chats => chats::apply(tx, event).await,
             Projection::Ledger => ledger::apply(tx, event).await,
             Projection::Schedules => schedules::apply(tx, event).await,
+            Projection::Calls => calls::apply(tx, event).await,
             Projection::Alerts => alerts::apply(tx, event).await,
             Projection::Feed => {
                 let written = feed::apply(tx, event).await?;
@@ -182,14 +189,7 @@ impl Projector {
     /// One batch in one transaction.
     async fn round(&self) -> Result<(BatchEffects, Checkpoint), ProjectionError> {
         let mut tx = self.db.begin_write().await?;
-        if let DbTx::Postgres(_) = tx {
-            with_tx!(&mut tx, conn => {
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('talkamie_projector'))")
-                    .execute(conn)
-                    .await
-                    .map(|r| r.rows_affected())?
-            });
-        }
+        take_lock(&mut tx).await?;
         let mut checkpoints = load_checkpoints(&mut tx).await?;
         let lowest = checkpoints.values().copied().min().unwrap_or_default();
         let events = read_after(&mut tx, lowest, BATCH_SIZE).await?;
@@ -210,21 +210,31 @@ impl Projector {
         if !events.is_empty() {
             store_checkpoints(&mut tx, &checkpoints).await?;
             if effects.feed_rows > 0 {
-                if let DbTx::Postgres(_) = tx {
-                    // One NOTIFY per batch, never one per command: NOTIFY serialises commits.
-                    with_tx!(&mut tx, conn => {
-                        sqlx::query("SELECT pg_notify($1, '')")
-                            .bind(FEED_CHANNEL)
-                            .execute(conn)
-                            .await
-                    .map(|r| r.rows_affected())?
-                    });
-                }
+                // One NOTIFY per batch, never one per command: NOTIFY serialises commits.
+                notify_feed(&mut tx).await?;
             }
         }
         tx.commit().await?;
         let reached = checkpoints.values().copied().min().unwrap_or_default();
         Ok((effects, reached))
+    }
+
+    /// Writes a push that no event causes (a relayed call signal) into the feed, in the feed's
+    /// order (under the projector lock), and wakes the tailers here and on other instances.
+    pub async fn relay(
+        &self,
+        user_id: &str,
+        action: &str,
+        payload: &serde_json::Value,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ProjectionError> {
+        let mut tx = self.db.begin_write().await?;
+        take_lock(&mut tx).await?;
+        feed::push(&mut tx, user_id, action, payload, at).await?;
+        notify_feed(&mut tx).await?;
+        tx.commit().await?;
+        self.feed_written.notify_one();
+        Ok(())
     }
 
     /// Empties the given projections (all rebuildable ones when `None`) and replays the log
@@ -259,6 +269,34 @@ impl Projector {
         self.catch_up().await?;
         Ok(chosen)
     }
+}
+
+/// Instances sharing a PostgreSQL database write read models and feed rows one at a time (SQLite
+/// has a single writer anyway), so feed positions become visible in order.
+async fn take_lock(tx: &mut DbTx) -> Result<(), ProjectionError> {
+    if let DbTx::Postgres(_) = tx {
+        with_tx!(tx, conn => {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('talkamie_projector'))")
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())?
+        });
+    }
+    Ok(())
+}
+
+/// Wakes the feed tailers of the other instances (PostgreSQL `NOTIFY`, sent at commit).
+async fn notify_feed(tx: &mut DbTx) -> Result<(), ProjectionError> {
+    if let DbTx::Postgres(_) = tx {
+        with_tx!(tx, conn => {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(FEED_CHANNEL)
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())?
+        });
+    }
+    Ok(())
 }
 
 async fn load_checkpoints(

@@ -33,6 +33,8 @@ pub struct Counters {
     pub total_unread_alerts: i64,
     /// The user's wallet balance (`ledger.coins.balance`).
     pub coins_balance: i64,
+    /// Calls that connected since the start of the user's day (`dailyInfo.totalCalls`).
+    pub total_calls_today: i64,
 }
 
 pub fn iso(at: DateTime<Utc>) -> String {
@@ -138,25 +140,34 @@ pub async fn connected(source: Source<'_>, a: &str, b: &str) -> Result<bool, sql
     Ok(n > 0)
 }
 
-/// The counters of `user_id`, in one round trip.
-pub async fn counters(source: Source<'_>, user_id: &str) -> Result<Counters, sqlx::Error> {
-    let sql = "SELECT
+/// The counters of `user_id`, in one round trip; `day_start` is midnight in the user's zone.
+pub async fn counters(
+    source: Source<'_>,
+    user_id: &str,
+    day_start: DateTime<Utc>,
+) -> Result<Counters, sqlx::Error> {
+    let sql = format!(
+        "SELECT
         (SELECT COUNT(*) FROM connections WHERE user_id = $1),
         (SELECT COUNT(*) FROM connect_requests WHERE to_id = $1 AND status = 'pending')
           + (SELECT COUNT(*) FROM chats c JOIN chat_members m ON m.chat_id = c.id
               WHERE m.user_id = $1 AND c.request_status = 'pending' AND c.request_sender <> $1),
         (SELECT COUNT(*) FROM chat_members WHERE user_id = $1 AND unread_count > 0),
         (SELECT COUNT(*) FROM alerts WHERE user_id = $1 AND status = 'unread'),
-        COALESCE((SELECT balance FROM ledger_accounts WHERE account = 'user:' || $1), 0)";
-    type Row = (i64, i64, i64, i64, i64);
+        COALESCE((SELECT balance FROM ledger_accounts WHERE account = 'user:' || $1), 0),
+        {}",
+        crate::calls::CALLS_SINCE_SQL
+    );
+    type Row = (i64, i64, i64, i64, i64, i64);
     let (
         total_connections,
         total_pending_requests,
         total_unread_chats,
         total_unread_alerts,
         coins_balance,
+        total_calls_today,
     ): Row = with_source!(source, conn => {
-        sqlx::query_as(sql).bind(user_id).fetch_one(conn).await?
+        sqlx::query_as(&sql).bind(user_id).bind(day_start).fetch_one(conn).await?
     });
     Ok(Counters {
         total_connections,
@@ -164,6 +175,7 @@ pub async fn counters(source: Source<'_>, user_id: &str) -> Result<Counters, sql
         total_unread_chats,
         total_unread_alerts,
         coins_balance,
+        total_calls_today,
     })
 }
 

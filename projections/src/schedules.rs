@@ -596,6 +596,31 @@ pub async fn future_between(
     })
 }
 
+/// The live schedule of this senior with this volunteer whose occurrence runs at `now` or
+/// starts within `early` of it (a call started then belongs to it).
+pub async fn scheduled_now(
+    source: Source<'_>,
+    senior_id: &str,
+    volunteer_id: &str,
+    now: DateTime<Utc>,
+    early: Duration,
+) -> Result<Option<String>, sqlx::Error> {
+    with_source!(source, conn => {
+        sqlx::query_scalar(
+            "SELECT s.id FROM schedules s JOIN schedule_occurrences o ON o.schedule_id = s.id
+              WHERE s.senior_id = $1 AND s.volunteer_id = $2 AND s.state = 'live'
+                AND o.starts_at <= $3 AND o.ends_at > $4
+              ORDER BY o.starts_at LIMIT 1",
+        )
+        .bind(senior_id)
+        .bind(volunteer_id)
+        .bind(now + early)
+        .bind(now)
+        .fetch_optional(conn)
+        .await
+    })
+}
+
 /// Every live future schedule of a user (account deletion cancels them).
 pub async fn future_of(
     source: Source<'_>,

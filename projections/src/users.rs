@@ -427,6 +427,12 @@ impl UserRecord {
     pub fn zone(&self) -> talkamie_aggregates::calendar::Zone {
         talkamie_aggregates::calendar::Zone::of_user(self.timezone.as_deref(), self.timezone_offset)
     }
+
+    /// Midnight of `now`'s day in the user's zone (what "today" means for their counters).
+    pub fn day_start(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let zone = self.zone();
+        zone.instant(zone.local(now).date().and_time(chrono::NaiveTime::MIN))
+    }
 }
 
 pub const USER_COLUMNS: &str = "id, email, email_verified, type, name, gender, bio, dob, city,

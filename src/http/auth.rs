@@ -106,14 +106,13 @@ pub async fn extended_user(state: &AppState, user_id: &str) -> Result<Value, Api
         .hub
         .online(&state.store.db, std::slice::from_ref(&user.id))
         .await;
-    let counters = relations::counters((&state.store.db).into(), user_id).await?;
+    let now = state.clock.now();
+    let counters =
+        relations::counters((&state.store.db).into(), user_id, user.day_start(now)).await?;
     let mut rendered = user.extended(online.contains(user_id), &counters);
-    rendered["availability"] = talkamie_projections::schedules::availability_json(
-        (&state.store.db).into(),
-        &user,
-        state.clock.now(),
-    )
-    .await?;
+    rendered["availability"] =
+        talkamie_projections::schedules::availability_json((&state.store.db).into(), &user, now)
+            .await?;
     state.files.sign_urls(&mut rendered);
     Ok(rendered)
 }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::connections::execute_pair;
 use super::envelope::{ok, ok_page, ApiError};
 use super::pagination::{PageQuery, Pager};
+use super::validate::required_text;
 use crate::auth::Authenticated;
 use crate::ratelimit;
 use crate::state::AppState;
@@ -443,15 +444,6 @@ pub async fn update_messages(
         "messagesMap": answer,
         "viewer": {"id": who.user_id, "totalUnreadChats": unread},
     }))
-}
-
-fn required_text(frame: &Value, field: &str) -> Result<String, ApiError> {
-    match frame.get(field) {
-        Some(Value::String(v)) if !v.is_empty() => Ok(v.clone()),
-        _ => Err(ApiError::invalid(
-            json!({ field: "is required (a string)" }),
-        )),
-    }
 }
 
 /// `pageSize` and `lastEvaluatedKey` of a WebSocket frame (numbers or strings).

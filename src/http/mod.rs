@@ -5,6 +5,7 @@ pub mod admin;
 pub mod alerts;
 pub mod auth;
 pub mod availability;
+pub mod calls;
 pub mod catalogs;
 pub mod chats;
 pub mod connections;
@@ -130,7 +131,9 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(schedules::get_schedule)
         .service(schedules::update_schedule)
         .service(schedules::cancel_schedule)
-        .service(schedules::clear_schedules);
+        .service(schedules::clear_schedules)
+        .service(calls::get_call)
+        .service(calls::call_histories);
 }
 
 /// The OpenAPI document of [`routes`].

@@ -47,8 +47,18 @@ pub struct ScheduleBody {
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct KeywordQuery {
-    /// Words in the title or the other person's name
+    /// Words in the title (schedules) or the other person's name
     keyword: Option<String>,
+}
+
+impl KeywordQuery {
+    /// The keyword, trimmed; none when blank.
+    pub fn keyword(&self) -> Option<&str> {
+        self.keyword
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+    }
 }
 
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
@@ -217,9 +227,7 @@ async fn bookable(
 }
 
 async fn balance(state: &AppState, user_id: &str) -> Result<i64, ApiError> {
-    Ok(relations::counters((&state.store.db).into(), user_id)
-        .await?
-        .coins_balance)
+    Ok(talkamie_projections::ledger::balance((&state.store.db).into(), user_id).await?)
 }
 
 /// Schedules a call with volunteer `{id}`: `{schedule, chat:{id}, message}` (201).
@@ -420,7 +428,6 @@ async fn schedule_page(
     keyword: Option<&str>,
     page: &PageQuery,
 ) -> Result<HttpResponse, ApiError> {
-    let keyword = keyword.map(str::trim).filter(|k| !k.is_empty());
     let fingerprint = format!("{}|{keyword:?}", who.user_id);
     let pager = Pager::new(&state.hash_key, name, &fingerprint, page)?;
     let after = time_id_keyset(pager.after(page)?)?;
@@ -468,7 +475,7 @@ pub async fn list_schedules(
     query: web::Query<KeywordQuery>,
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let keyword = query.keyword.as_deref();
+    let keyword = query.keyword();
     schedule_page(&state, &who, ScheduleList::All, "schedules", keyword, &page).await
 }
 
@@ -482,7 +489,7 @@ pub async fn upcoming_schedules(
     query: web::Query<KeywordQuery>,
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let keyword = query.keyword.as_deref();
+    let keyword = query.keyword();
     schedule_page(
         &state,
         &who,
@@ -504,6 +511,6 @@ pub async fn past_schedules(
     query: web::Query<KeywordQuery>,
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let keyword = query.keyword.as_deref();
+    let keyword = query.keyword();
     schedule_page(&state, &who, ScheduleList::Past, "past", keyword, &page).await
 }

@@ -246,7 +246,9 @@ pub async fn delete_user(
         .filter(|u| !u.is_deleted())
         .ok_or_else(|| ApiError::not_found("user"))?;
     let email = target.email.clone().unwrap_or_default();
-    // The wallet decides first: a pending payout refuses the deletion before anything goes.
+    // A call still running ends and is billed while the wallet is open.
+    crate::calls::end_open_call_of(&state, &id, who.metadata()).await?;
+    // The wallet decides next: a pending payout refuses the deletion before anything goes.
     crate::ledger::forfeit_balance(&state, &id, who.metadata()).await?;
     // Future schedules are cancelled, so the other side is alerted and their time is free.
     let now = state.clock.now();

@@ -79,6 +79,16 @@ pub fn is_plausible_email(email: &str) -> bool {
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// A non-empty string field of a WebSocket frame (or JSON body).
+pub fn required_text(frame: &Value, field: &str) -> Result<String, ApiError> {
+    match frame.get(field) {
+        Some(Value::String(v)) if !v.is_empty() => Ok(v.clone()),
+        _ => Err(ApiError::invalid(
+            serde_json::json!({ field: "is required (a string)" }),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::frames::{self, FrameId, Reply};
 use crate::auth::extractor::{authenticate, bearer};
 use crate::auth::Authenticated;
+use crate::calls;
 use crate::http::auth::extended_user;
 use crate::http::envelope::ApiError;
 use crate::http::profile::ProfileBody;
@@ -295,6 +296,17 @@ impl Socket {
                     .await?
                     .into(),
             )),
+            "call.start" => Ok(Some(calls::start(&self.state, &who, &frame).await?.into())),
+            "call.accept" => Ok(Some(
+                calls::answer(&self.state, &who, &frame, true).await?.into(),
+            )),
+            "call.reject" => Ok(Some(
+                calls::answer(&self.state, &who, &frame, false)
+                    .await?
+                    .into(),
+            )),
+            "call.end" => Ok(Some(calls::end(&self.state, &who, &frame).await?.into())),
+            "call.signal" => Ok(Some(calls::signal(&self.state, &who, &frame).await?.into())),
             "alerts.update" => Ok(Some(
                 alerts::update_alerts(&self.state, &who, &frame)
                     .await?

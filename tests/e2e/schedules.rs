@@ -22,7 +22,7 @@ both_stores!(
 );
 
 /// A volunteer who passed every verification step: `(id, token)`.
-async fn verified_volunteer(server: &Server, db: &TestDb, admin: &str) -> (String, String) {
+pub async fn verified_volunteer(server: &Server, db: &TestDb, admin: &str) -> (String, String) {
     let email = unique_email("amie");
     let (id, token, _) = server.sign_up(&email, "password-1", "volunteer").await;
     let (_, body) = signed(
@@ -1010,7 +1010,7 @@ async fn reminders_arrive_once_even_with_two_instances(backend: Backend) {
 }
 
 /// True when no `action` push arrives within `wait`.
-async fn no_push(ws: &mut crate::helpers::Ws, action: &str, wait: Duration) -> bool {
+pub async fn no_push(ws: &mut crate::helpers::Ws, action: &str, wait: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
