@@ -129,6 +129,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         limits: RateLimits::default(),
         hub: hub.clone(),
         clock: Default::default(),
+        abandoned_calls: Default::default(),
     });
     tokio::spawn(housekeeping(state.clone(), stop_rx.clone()));
     tokio::spawn(crate::ledger::run_sweeper(state.clone(), stop_rx.clone()));

@@ -30,4 +30,6 @@ pub struct AppState {
     pub limits: RateLimits,
     pub hub: Arc<Hub>,
     pub clock: Clock,
+    /// Running calls with a side gone, as this instance saw them.
+    pub abandoned_calls: crate::calls::abandoned::Abandoned,
 }

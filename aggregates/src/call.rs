@@ -23,6 +23,8 @@ pub enum EndReason {
     HungUp,
     /// The senior's balance or the volunteer's `maxDuration` ran out.
     LimitReached,
+    /// One side had no open connection for too long (their app died or lost the network).
+    ConnectionLost,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +59,11 @@ pub enum CallCommand {
     End {
         by: Option<String>,
         at: DateTime<Utc>,
+    },
+    /// A running call whose side has been unreachable since `since`: the server ends it as of
+    /// then, so nobody pays for the time nobody could talk.
+    Abandon {
+        since: DateTime<Utc>,
     },
     /// The billing saga's last step: what the wallets took and gave for this call. Once.
     Settle {
@@ -278,22 +285,18 @@ fn decide(call: &Call, command: CallCommand) -> Result<Vec<CallEvent>, CallError
                 Status::Ended | Status::Rejected | Status::Missed => return Ok(vec![]),
                 Status::None => return Err(CallError::NotFound),
             }
-            let measured = call
-                .accepted_at
-                .map_or(0, |accepted| (at - accepted).num_seconds().max(0));
-            let duration_secs = measured.min(call.limit_secs);
             let reason = if by.is_none() {
                 EndReason::LimitReached
             } else {
                 EndReason::HungUp
             };
-            vec![CallEvent::Ended {
-                by,
-                reason,
-                duration_secs,
-                price_coins: price(duration_secs, call.coins_per_minute),
-                at,
-            }]
+            vec![ended(call, by, reason, at)]
+        }
+        CallCommand::Abandon { since } => {
+            if call.status != Status::Accepted {
+                return Ok(vec![]);
+            }
+            vec![ended(call, None, EndReason::ConnectionLost, since)]
         }
         CallCommand::Settle {
             charged_coins,
@@ -315,6 +318,22 @@ fn decide(call: &Call, command: CallCommand) -> Result<Vec<CallEvent>, CallError
             }]
         }
     })
+}
+
+/// The end of a ringing or running call at `at`: the time from accept (none while ringing),
+/// never past the limit, and its price.
+fn ended(call: &Call, by: Option<String>, reason: EndReason, at: DateTime<Utc>) -> CallEvent {
+    let measured = call
+        .accepted_at
+        .map_or(0, |accepted| (at - accepted).num_seconds().max(0));
+    let duration_secs = measured.min(call.limit_secs);
+    CallEvent::Ended {
+        by,
+        reason,
+        duration_secs,
+        price_coins: price(duration_secs, call.coins_per_minute),
+        at,
+    }
 }
 
 impl Aggregate for Call {
@@ -542,6 +561,30 @@ mod tests {
                 by: Some("senior".into()),
                 at: t(191),
             })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_abandoned_call_ends_when_the_connection_was_lost() {
+        let accepted = CallEvent::Accepted { at: t(10) };
+        Given::with(())
+            .given(vec![started(600), accepted.clone()])
+            .when(CallCommand::Abandon { since: t(10 + 130) })
+            .then_expect_events(vec![CallEvent::Ended {
+                by: None,
+                reason: EndReason::ConnectionLost,
+                duration_secs: 130,
+                price_coins: 150,
+                at: t(140),
+            }]);
+        // Ringing calls are missed instead; ended ones stay as they are.
+        Given::with(())
+            .given(vec![started(600)])
+            .when(CallCommand::Abandon { since: t(30) })
+            .then_expect_events(vec![]);
+        Given::with(())
+            .given(vec![started(600), CallEvent::Rejected { at: t(5) }])
+            .when(CallCommand::Abandon { since: t(30) })
             .then_expect_events(vec![]);
     }
 

@@ -91,6 +91,7 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             let reason = match reason {
                 EndReason::HungUp => "hung-up",
                 EndReason::LimitReached => "limit-reached",
+                EndReason::ConnectionLost => "connection-lost",
             };
             exec(
                 tx,
@@ -339,6 +340,22 @@ pub async fn due(
             _ => Due::End(id),
         })
         .collect())
+}
+
+/// Running calls: `(id, caller, callee)`.
+pub async fn running(
+    source: Source<'_>,
+    limit: i64,
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    with_source!(source, conn => {
+        sqlx::query_as(
+            "SELECT id, caller_id, callee_id FROM calls WHERE status = 'accepted'
+              ORDER BY started_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+    })
 }
 
 /// Ended calls that ended before `before` and are not settled yet (billing sagas that

@@ -6,6 +6,7 @@
 //! The signalling between the two apps (`call.signal`) is relayed through the push feed, so it
 //! reaches the other side on whichever instance their sockets are.
 
+pub mod abandoned;
 pub mod billing;
 
 use chrono::Duration;
@@ -349,9 +350,11 @@ fn summary(call: &CallRow) -> String {
     }
 }
 
-/// One timer round: calls that rang too long are missed, running calls past their limit end
-/// (and are billed). Every instance runs it; the Call aggregate makes each happen once.
+/// One timer round: calls that rang too long are missed, running calls past their limit or
+/// abandoned by a side end (and are billed). Every instance runs it; the Call aggregate makes
+/// each happen once.
 pub async fn run_due(state: &AppState) -> Result<(), ApiError> {
+    end_abandoned(state).await?;
     let now = state.clock.now();
     let ring_timeout = state.settings.timers.ring_timeout_secs as i64;
     let rang_before = now - Duration::seconds(ring_timeout);
@@ -374,6 +377,39 @@ pub async fn run_due(state: &AppState) -> Result<(), ApiError> {
             Ok(_) => post_call_message(state, &id).await,
             Err(error) => {
                 tracing::warn!(call_id = %id, error = %error.message, "call timer failed; retrying")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ends running calls a side has not been connected to for the grace period.
+async fn end_abandoned(state: &AppState) -> Result<(), ApiError> {
+    let db = &state.store.db;
+    let running = calls::running(db.into(), TIMER_BATCH).await?;
+    if running.is_empty() {
+        return Ok(());
+    }
+    let people: Vec<String> = running
+        .iter()
+        .flat_map(|(_, caller, callee)| [caller.clone(), callee.clone()])
+        .collect();
+    let online = state.hub.online(db, &people).await;
+    let observed: Vec<(String, bool)> = running
+        .into_iter()
+        .map(|(id, caller, callee)| (id, online.contains(&caller) && online.contains(&callee)))
+        .collect();
+    let now = state.clock.now();
+    for (id, since) in state
+        .abandoned_calls
+        .observe(&observed, now, abandoned::GRACE)
+    {
+        let command = CallCommand::Abandon { since };
+        match execute(state, &id, command, system_metadata("call-timers")).await {
+            Ok(events) if events.is_empty() => {}
+            Ok(_) => finish_ended(state, &id).await,
+            Err(error) => {
+                tracing::warn!(call_id = %id, error = %error.message, "could not end an abandoned call")
             }
         }
     }

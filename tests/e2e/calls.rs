@@ -20,6 +20,7 @@ both_stores!(
     calls_are_missed_rejected_and_ended_at_their_limit,
     bad_call_input_is_refused,
     billing_finishes_once_after_a_crash,
+    a_call_a_side_abandoned_ends_when_they_left,
 );
 
 const TIMERS: [(&str, &str); 2] = [
@@ -651,4 +652,50 @@ async fn billing_finishes_once_after_a_crash(backend: Backend) {
     let report: Value = serde_json::from_str(&stdout).expect("json report");
     assert!(ok && report["ok"] == json!(true), "{report}");
     assert_eq!(report["accounts"]["platform:revenue"], 30, "{report}");
+}
+
+/// The senior's app vanishes mid-call (every socket closed). The call goes on for a minute in
+/// case they reconnect, then the server ends it as of the moment they left.
+async fn a_call_a_side_abandoned_ends_when_they_left(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = ledger_server(&db, &TIMERS).await;
+    let p = pair(&server, &db, 1000).await;
+    let (mut senior_ws, _) = server.ws_authenticated(&p.senior.1, None).await;
+    let (mut volunteer_ws, _) = server.ws_authenticated(&p.volunteer.1, None).await;
+    let call = start(&mut senior_ws, &p.chat_id).await;
+    let call_id = call["id"].as_str().expect("id").to_string();
+    act(
+        &mut volunteer_ws,
+        json!({"action": "call.accept", "callId": call_id}),
+    )
+    .await;
+    senior_ws.push("call.accepted").await;
+    // A reconnect within the minute keeps the call.
+    drop(senior_ws);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    advance(&[&server], &p.admin, 40).await;
+    let (senior_ws, _) = server.ws_authenticated(&p.senior.1, None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    advance(&[&server], &p.admin, 40).await;
+    assert!(no_push(&mut volunteer_ws, "call.ended", Duration::from_millis(800)).await);
+    // Gone for good: ended a minute later, counted until they left.
+    drop(senior_ws);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    advance(&[&server], &p.admin, 30).await;
+    assert!(no_push(&mut volunteer_ws, "call.ended", Duration::from_millis(800)).await);
+    advance(&[&server], &p.admin, 31).await;
+    let ended = volunteer_ws.push("call.ended").await;
+    let call = &ended["data"]["call"];
+    assert_eq!(call["id"], json!(call_id));
+    // Answered, then 80 s (plus the test's own moments) until the senior left for good.
+    let duration = call["duration"].as_i64().expect("duration");
+    assert!((80..120).contains(&duration), "{ended}");
+    assert_eq!(call["coins"], json!({"charged": 100, "earned": 70}));
+    let (_, body) = server
+        .get(&format!("/v1/call/{call_id}"), Some(&p.senior.1))
+        .await;
+    assert_eq!(body["data"]["endReason"], "connection-lost", "{body}");
+    assert_eq!(balance(&server, &p.senior.1).await, 900);
 }
