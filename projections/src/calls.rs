@@ -243,18 +243,33 @@ pub async fn find(source: Source<'_>, id: &str) -> Result<Option<CallRow>, sqlx:
     })
 }
 
-/// A call of `user_id` that is still ringing or running, if any.
-pub async fn open_call_of(
+/// Which calls of a user a query looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfinished {
+    /// Ringing or running.
+    Open,
+    /// Ringing, running, or ended and not billed yet.
+    OpenOrUnbilled,
+}
+
+/// The user's calls (either side) that are still open (or, as asked, not billed yet).
+pub async fn unfinished_of(
     source: Source<'_>,
     user_id: &str,
-) -> Result<Option<CallRow>, sqlx::Error> {
+    which: Unfinished,
+) -> Result<Vec<CallRow>, sqlx::Error> {
+    let unbilled = match which {
+        Unfinished::Open => "",
+        Unfinished::OpenOrUnbilled => " OR (c.status = 'ended' AND c.billed_at IS NULL)",
+    };
     let sql = format!(
         "SELECT {CALL_COLUMNS} FROM calls c
-          WHERE c.status IN ('ringing', 'accepted') AND (c.caller_id = $1 OR c.callee_id = $1)
-          ORDER BY c.started_at DESC LIMIT 1"
+          WHERE (c.status IN ('ringing', 'accepted'){unbilled})
+            AND (c.caller_id = $1 OR c.callee_id = $1)
+          ORDER BY c.started_at"
     );
     with_source!(source, conn => {
-        sqlx::query_as::<_, CallRow>(&sql).bind(user_id).fetch_optional(conn).await
+        sqlx::query_as::<_, CallRow>(&sql).bind(user_id).fetch_all(conn).await
     })
 }
 
@@ -342,17 +357,13 @@ pub async fn due(
         .collect())
 }
 
-/// Running calls: `(id, caller, callee)`.
-pub async fn running(
-    source: Source<'_>,
-    limit: i64,
-) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+/// Every running call: `(id, caller, callee)`.
+pub async fn running(source: Source<'_>) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     with_source!(source, conn => {
         sqlx::query_as(
             "SELECT id, caller_id, callee_id FROM calls WHERE status = 'accepted'
-              ORDER BY started_at LIMIT $1",
+              ORDER BY started_at",
         )
-        .bind(limit)
         .fetch_all(conn)
         .await
     })

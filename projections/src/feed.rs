@@ -261,15 +261,19 @@ async fn call_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
     let Some(call) = calls::find(tx.into(), &event.aggregate_id).await? else {
         return Ok(0);
     };
+    let callee_only = [call.callee_id.clone()];
     let both = [call.caller_id.clone(), call.callee_id.clone()];
+    // A call with a price says `call.ended` once billed (so `me` shows the new balance); a free
+    // one (cancelled while ringing, free rate) at once.
+    let priced = call.price_coins > 0;
     let (action, recipients) = match change {
-        CallEvent::Started { .. } => ("call.incoming", &both[1..]),
+        CallEvent::Started { .. } => ("call.incoming", &callee_only[..]),
         CallEvent::Accepted { .. } => ("call.accepted", &both[..]),
         CallEvent::Rejected { .. } => ("call.rejected", &both[..]),
         CallEvent::Missed { .. } => ("call.missed", &both[..]),
-        // Ended: `call.ended` waits for the billing, which follows at once.
-        CallEvent::Ended { .. } => return Ok(0),
-        CallEvent::Billed { .. } => ("call.ended", &both[..]),
+        CallEvent::Ended { .. } if !priced => ("call.ended", &both[..]),
+        CallEvent::Billed { .. } if priced => ("call.ended", &both[..]),
+        CallEvent::Ended { .. } | CallEvent::Billed { .. } => ("", &both[..0]),
     };
     let mut written = 0;
     for viewer in recipients {
@@ -282,7 +286,7 @@ async fn call_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
             "call": call.to_json(viewer, user),
             "chat": {"id": call.chat_id},
         });
-        if matches!(change, CallEvent::Billed { .. }) {
+        if action == "call.ended" {
             payload["me"] = extended_user(tx, viewer, at).await?.unwrap_or(Value::Null);
         }
         push(tx, viewer, action, &payload, at).await?;

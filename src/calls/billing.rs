@@ -24,8 +24,9 @@ use crate::ledger;
 use crate::state::AppState;
 use crate::store::{system_metadata, Metadata};
 
-/// Ended calls this long unbilled are the sweep's (younger ones are still being billed by the
-/// request or timer that ended them).
+/// Ended calls this long unbilled are the sweep's. Younger ones are usually still being billed
+/// by the request or timer that ended them; running both at once is harmless (every step is
+/// idempotent), only wasted work.
 const BILLING_GRACE: Duration = Duration::seconds(10);
 const SWEEP_BATCH: i64 = 100;
 
@@ -49,7 +50,7 @@ pub async fn settle(state: &AppState, call_id: &str) -> Result<(), ApiError> {
     let metadata = system_metadata("billing");
     let (charged, balance_after) = charge(state, &call, &metadata).await?;
     let share = state.settings.coins.volunteer_share_percent.min(100) as i64;
-    let earned = charged * share / 100;
+    let mut earned = charged * share / 100;
     if charged > 0 {
         let credit = WalletCommand::CreditCallEarning {
             transaction_id: earning_id(&call),
@@ -58,7 +59,19 @@ pub async fn settle(state: &AppState, call_id: &str) -> Result<(), ApiError> {
             volunteer_coins: earned,
             at: state.clock.now(),
         };
-        ledger::execute(state, &call.callee_id, credit, metadata.clone()).await?;
+        let events = ledger::execute(state, &call.callee_id, credit, metadata.clone()).await?;
+        if events.is_empty() {
+            // Credited by an earlier run (maybe under another share setting): record that.
+            state
+                .store
+                .projector
+                .catch_up()
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            if let Some(row) = ledger_model::find(db.into(), &earning_id(&call)).await? {
+                earned = row.coins.abs();
+            }
+        }
     }
     let record = CallCommand::Settle {
         charged_coins: charged,
@@ -120,8 +133,12 @@ pub async fn sweep(state: &AppState) -> Result<(), ApiError> {
     let before = state.clock.now() - BILLING_GRACE;
     for call_id in calls::unbilled((&state.store.db).into(), before, SWEEP_BATCH).await? {
         tracing::info!(%call_id, "finishing the billing of an ended call");
-        if let Err(error) = settle(state, &call_id).await {
-            tracing::warn!(%call_id, error = %error.message, "billing failed; retrying later");
+        match settle(state, &call_id).await {
+            // The chat line may be missing too (it is posted once per call, by id).
+            Ok(()) => super::post_call_message(state, &call_id).await,
+            Err(error) => {
+                tracing::warn!(%call_id, error = %error.message, "billing failed; retrying later")
+            }
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use talkamie_aggregates::calendar::CallKind;
 use talkamie_aggregates::call::{Call, CallCommand, CallError, CallEvent};
 use talkamie_aggregates::pair::{Attachment, PairCommand};
-use talkamie_projections::calls::{self, CallRow, Due};
+use talkamie_projections::calls::{self, CallRow, Due, Unfinished};
 use talkamie_projections::{ledger, schedules, users};
 use uuid::Uuid;
 
@@ -70,6 +70,9 @@ pub async fn member_call(
     call_id: &str,
     user_id: &str,
 ) -> Result<CallRow, ApiError> {
+    if call_id.chars().any(char::is_control) {
+        return Err(ApiError::not_found("call"));
+    }
     calls::find((&state.store.db).into(), call_id)
         .await?
         .filter(|call| call.is_member(user_id))
@@ -159,10 +162,18 @@ pub async fn start(
             "calls are with verified volunteers",
         ));
     }
-    if calls::open_call_of(db.into(), &caller.id).await?.is_some() {
+    let mine = calls::unfinished_of(db.into(), &caller.id, Unfinished::OpenOrUnbilled).await?;
+    if mine.iter().any(CallRow::is_open) {
         return Err(busy("you are already on a call".into()));
     }
-    if calls::open_call_of(db.into(), &callee.id).await?.is_some() {
+    // The last call must be paid for before this one's limit is set from the balance.
+    for ended in &mine {
+        billing::settle(state, &ended.id).await?;
+    }
+    if !calls::unfinished_of(db.into(), &callee.id, Unfinished::Open)
+        .await?
+        .is_empty()
+    {
         return Err(busy("they are on another call; try again later".into()));
     }
     let now = state.clock.now();
@@ -199,6 +210,13 @@ pub async fn answer(
 ) -> Result<Value, ApiError> {
     let id = call_id(frame)?;
     member_call(state, &id, &who.user_id).await?;
+    if accept {
+        let open =
+            calls::unfinished_of((&state.store.db).into(), &who.user_id, Unfinished::Open).await?;
+        if open.iter().any(|c| c.id != id && c.status == "accepted") {
+            return Err(busy("end your other call first".into()));
+        }
+    }
     let (by, at) = (who.user_id.clone(), state.clock.now());
     let command = if accept {
         CallCommand::Accept { by, at }
@@ -221,41 +239,47 @@ pub async fn end(state: &AppState, who: &Authenticated, frame: &Value) -> Result
         by: Some(who.user_id.clone()),
         at: state.clock.now(),
     };
-    let events = execute(state, &id, command, who.metadata()).await?;
-    if !events.is_empty() {
-        finish_ended(state, &id).await;
-    }
+    end_and_bill(state, &id, command, who.metadata()).await?;
     reply(state, &who.user_id, &id).await
 }
 
-/// Ends the user's open call, if any (account deletion), billing it before the wallet closes.
-pub async fn end_open_call_of(
+/// Runs a command that may end the call (`End`, `Abandon`); when it did, bills the call and
+/// posts its chat line. A billing failure is left to the sweep.
+async fn end_and_bill(
     state: &AppState,
-    user_id: &str,
+    call_id: &str,
+    command: CallCommand,
     metadata: Metadata,
 ) -> Result<(), ApiError> {
-    let Some(call) = calls::open_call_of((&state.store.db).into(), user_id).await? else {
+    if execute(state, call_id, command, metadata).await?.is_empty() {
         return Ok(());
-    };
-    let command = CallCommand::End {
-        by: Some(user_id.to_string()),
-        at: state.clock.now(),
-    };
-    if !execute(state, &call.id, command, metadata)
-        .await?
-        .is_empty()
-    {
-        finish_ended(state, &call.id).await;
     }
-    Ok(())
-}
-
-/// Bills an ended call and posts its chat message. A failure is left to the billing sweep.
-async fn finish_ended(state: &AppState, call_id: &str) {
     if let Err(error) = billing::settle(state, call_id).await {
         tracing::warn!(call_id, error = %error.message, "billing did not finish; the sweep retries");
     }
     post_call_message(state, call_id).await;
+    Ok(())
+}
+
+/// Before an account is deleted: its open calls end and every call of it is billed while the
+/// wallets are open (an error stops the deletion, so no charge is lost to the forfeit).
+pub async fn finish_calls_of(
+    state: &AppState,
+    user_id: &str,
+    metadata: Metadata,
+) -> Result<(), ApiError> {
+    let db = &state.store.db;
+    for call in calls::unfinished_of(db.into(), user_id, Unfinished::OpenOrUnbilled).await? {
+        if call.is_open() {
+            let command = CallCommand::End {
+                by: Some(user_id.to_string()),
+                at: state.clock.now(),
+            };
+            end_and_bill(state, &call.id, command, metadata.clone()).await?;
+        }
+        billing::settle(state, &call.id).await?;
+    }
+    Ok(())
 }
 
 /// `call.signal {callId, signal}`: WebRTC signalling relayed to the other side only.
@@ -308,7 +332,7 @@ pub async fn signal(
 }
 
 /// The chat line that records how a call went (once per call, from the caller).
-async fn post_call_message(state: &AppState, call_id: &str) {
+pub(crate) async fn post_call_message(state: &AppState, call_id: &str) {
     let result = async {
         let Some(call) = calls::find((&state.store.db).into(), call_id).await? else {
             return Ok(());
@@ -354,7 +378,9 @@ fn summary(call: &CallRow) -> String {
 /// abandoned by a side end (and are billed). Every instance runs it; the Call aggregate makes
 /// each happen once.
 pub async fn run_due(state: &AppState) -> Result<(), ApiError> {
-    end_abandoned(state).await?;
+    if let Err(error) = end_abandoned(state).await {
+        tracing::warn!(error = %error.message, "abandoned calls not checked this round");
+    }
     let now = state.clock.now();
     let ring_timeout = state.settings.timers.ring_timeout_secs as i64;
     let rang_before = now - Duration::seconds(ring_timeout);
@@ -370,14 +396,20 @@ pub async fn run_due(state: &AppState) -> Result<(), ApiError> {
             ),
             Due::End(id) => (id, CallCommand::End { by: None, at: now }),
         };
-        let ending = matches!(command, CallCommand::End { .. });
-        match execute(state, &id, command, system_metadata("call-timers")).await {
-            Ok(events) if events.is_empty() => {}
-            Ok(_) if ending => finish_ended(state, &id).await,
-            Ok(_) => post_call_message(state, &id).await,
-            Err(error) => {
-                tracing::warn!(call_id = %id, error = %error.message, "call timer failed; retrying")
+        let result = match command {
+            CallCommand::Miss { .. } => {
+                match execute(state, &id, command, system_metadata("call-timers")).await {
+                    Ok(events) if !events.is_empty() => {
+                        post_call_message(state, &id).await;
+                        Ok(())
+                    }
+                    other => other.map(|_| ()),
+                }
             }
+            _ => end_and_bill(state, &id, command, system_metadata("call-timers")).await,
+        };
+        if let Err(error) = result {
+            tracing::warn!(call_id = %id, error = %error.message, "call timer failed; retrying");
         }
     }
     Ok(())
@@ -386,7 +418,7 @@ pub async fn run_due(state: &AppState) -> Result<(), ApiError> {
 /// Ends running calls a side has not been connected to for the grace period.
 async fn end_abandoned(state: &AppState) -> Result<(), ApiError> {
     let db = &state.store.db;
-    let running = calls::running(db.into(), TIMER_BATCH).await?;
+    let running = calls::running(db.into()).await?;
     if running.is_empty() {
         return Ok(());
     }
@@ -394,7 +426,8 @@ async fn end_abandoned(state: &AppState) -> Result<(), ApiError> {
         .iter()
         .flat_map(|(_, caller, callee)| [caller.clone(), callee.clone()])
         .collect();
-    let online = state.hub.online(db, &people).await;
+    // Presence that cannot be read is not taken for "gone": skip the round instead.
+    let online = state.hub.online_checked(db, &people).await?;
     let observed: Vec<(String, bool)> = running
         .into_iter()
         .map(|(id, caller, callee)| (id, online.contains(&caller) && online.contains(&callee)))
@@ -405,12 +438,9 @@ async fn end_abandoned(state: &AppState) -> Result<(), ApiError> {
         .observe(&observed, now, abandoned::GRACE)
     {
         let command = CallCommand::Abandon { since };
-        match execute(state, &id, command, system_metadata("call-timers")).await {
-            Ok(events) if events.is_empty() => {}
-            Ok(_) => finish_ended(state, &id).await,
-            Err(error) => {
-                tracing::warn!(call_id = %id, error = %error.message, "could not end an abandoned call")
-            }
+        if let Err(error) = end_and_bill(state, &id, command, system_metadata("call-timers")).await
+        {
+            tracing::warn!(call_id = %id, error = %error.message, "could not end an abandoned call");
         }
     }
     Ok(())

@@ -36,7 +36,7 @@ pub async fn call_histories(
     query: web::Query<KeywordQuery>,
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let keyword = query.keyword();
+    let keyword = query.keyword()?;
     let fingerprint = format!("{}|{keyword:?}", who.user_id);
     let pager = Pager::new(&state.hash_key, "calls", &fingerprint, &page)?;
     let after = time_id_keyset(pager.after(&page)?)?;

@@ -52,12 +52,19 @@ pub struct KeywordQuery {
 }
 
 impl KeywordQuery {
-    /// The keyword, trimmed; none when blank.
-    pub fn keyword(&self) -> Option<&str> {
-        self.keyword
+    /// The keyword, trimmed; none when blank; 400 with control characters.
+    pub fn keyword(&self) -> Result<Option<&str>, ApiError> {
+        let keyword = self
+            .keyword
             .as_deref()
             .map(str::trim)
-            .filter(|k| !k.is_empty())
+            .filter(|k| !k.is_empty());
+        if keyword.is_some_and(|k| k.chars().any(char::is_control)) {
+            return Err(ApiError::invalid(
+                json!({"keyword": "must not contain control characters"}),
+            ));
+        }
+        Ok(keyword)
     }
 }
 
@@ -475,7 +482,7 @@ pub async fn list_schedules(
     query: web::Query<KeywordQuery>,
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let keyword = query.keyword();
+    let keyword = query.keyword()?;
     schedule_page(&state, &who, ScheduleList::All, "schedules", keyword, &page).await
 }
 
@@ -489,7 +496,7 @@ pub async fn upcoming_schedules(
     query: web::Query<KeywordQuery>,
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let keyword = query.keyword();
+    let keyword = query.keyword()?;
     schedule_page(
         &state,
         &who,
@@ -511,6 +518,6 @@ pub async fn past_schedules(
     query: web::Query<KeywordQuery>,
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let keyword = query.keyword();
+    let keyword = query.keyword()?;
     schedule_page(&state, &who, ScheduleList::Past, "past", keyword, &page).await
 }

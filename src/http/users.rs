@@ -247,7 +247,7 @@ pub async fn delete_user(
         .ok_or_else(|| ApiError::not_found("user"))?;
     let email = target.email.clone().unwrap_or_default();
     // A call still running ends and is billed while the wallet is open.
-    crate::calls::end_open_call_of(&state, &id, who.metadata()).await?;
+    crate::calls::finish_calls_of(&state, &id, who.metadata()).await?;
     // The wallet decides next: a pending payout refuses the deletion before anything goes.
     crate::ledger::forfeit_balance(&state, &id, who.metadata()).await?;
     // Future schedules are cancelled, so the other side is alerted and their time is free.

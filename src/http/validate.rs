@@ -82,9 +82,9 @@ pub fn is_plausible_email(email: &str) -> bool {
 /// A non-empty string field of a WebSocket frame (or JSON body).
 pub fn required_text(frame: &Value, field: &str) -> Result<String, ApiError> {
     match frame.get(field) {
-        Some(Value::String(v)) if !v.is_empty() => Ok(v.clone()),
+        Some(Value::String(v)) if !v.is_empty() && !v.contains('\0') => Ok(v.clone()),
         _ => Err(ApiError::invalid(
-            serde_json::json!({ field: "is required (a string)" }),
+            serde_json::json!({ field: "is required (a string without NUL characters)" }),
         )),
     }
 }

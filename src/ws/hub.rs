@@ -86,6 +86,26 @@ impl Hub {
 
     /// Which of `user_ids` are online on any instance (this one answers from memory).
     pub async fn online(&self, db: &Db, user_ids: &[String]) -> std::collections::HashSet<String> {
+        match self.online_checked(db, user_ids).await {
+            Ok(online) => online,
+            Err(error) => {
+                tracing::warn!(%error, "presence lookup failed; showing local presence only");
+                user_ids
+                    .iter()
+                    .filter(|id| self.is_online(id))
+                    .cloned()
+                    .collect()
+            }
+        }
+    }
+
+    /// Like `online`, but an error when other instances' presence cannot be read (for decisions
+    /// that must not take "unknown" for "offline").
+    pub async fn online_checked(
+        &self,
+        db: &Db,
+        user_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
         let mut online: std::collections::HashSet<String> = user_ids
             .iter()
             .filter(|id| self.is_online(id))
@@ -96,13 +116,8 @@ impl Hub {
             .filter(|id| !online.contains(*id))
             .cloned()
             .collect();
-        match presence::online_among(db, &others).await {
-            Ok(remote) => online.extend(remote),
-            Err(error) => {
-                tracing::warn!(%error, "presence lookup failed; showing local presence only")
-            }
-        }
-        online
+        online.extend(presence::online_among(db, &others).await?);
+        Ok(online)
     }
 
     /// Whether the user has an open socket on this instance.

@@ -480,6 +480,16 @@ async fn bad_call_input_is_refused(backend: Backend) {
         ),
         (json!({"action": "call.accept"}), 400, "invalid_input"),
         (
+            json!({"action": "call.reject", "callId": 7}),
+            400,
+            "invalid_input",
+        ),
+        (
+            json!({"action": "call.end", "callId": "bad\u{0}id"}),
+            400,
+            "invalid_input",
+        ),
+        (
             json!({"action": "call.end", "callId": "no-such-call"}),
             404,
             "not_found",
@@ -571,12 +581,18 @@ async fn bad_call_input_is_refused(backend: Backend) {
     assert_error(status, &body, 400, "invalid_input");
     let (status, body) = server.get("/v1/calls/histories", None).await;
     assert_error(status, &body, 401, "unauthenticated");
+    let (status, body) = server
+        .get("/v1/calls/histories?keyword=a%00b", Some(&p.senior.1))
+        .await;
+    assert_error(status, &body, 400, "invalid_input");
+    let (status, body) = server.get("/v1/call/a%00b", Some(&p.senior.1)).await;
+    assert_error(status, &body, 404, "not_found");
     assert_eq!(balance(&server, &p.senior.1).await, 1000);
 }
 
 /// The server dies after a call ended but before it was billed (the Ended event is in the log,
-/// no coin has moved). The restarted server finishes the billing once; replaying the log into
-/// fresh read models moves nothing again.
+/// no coin has moved). The restarted server's sweep finishes the billing once; rebuilding the
+/// read models from the log shows the same single charge and a clean audit.
 async fn billing_finishes_once_after_a_crash(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
@@ -698,4 +714,38 @@ async fn a_call_a_side_abandoned_ends_when_they_left(backend: Backend) {
         .await;
     assert_eq!(body["data"]["endReason"], "connection-lost", "{body}");
     assert_eq!(balance(&server, &p.senior.1).await, 900);
+
+    // The senior deletes their account mid-call: the call ends and is paid before the wallet
+    // is forfeited.
+    let (senior_ws, _) = server.ws_authenticated(&p.senior.1, None).await;
+    let call = {
+        let mut senior_ws = senior_ws;
+        start(&mut senior_ws, &p.chat_id).await
+    };
+    act(
+        &mut volunteer_ws,
+        json!({"action": "call.accept", "callId": call["id"]}),
+    )
+    .await;
+    advance(&[&server], &p.admin, 20).await;
+    let (status, body) = server
+        .call(
+            "DELETE",
+            &format!("/v1/user/{}", p.senior.0),
+            Some(&p.senior.1),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ended = volunteer_ws
+        .push_where("call.ended", |f| f["data"]["call"]["id"] == call["id"])
+        .await;
+    assert_eq!(
+        ended["data"]["call"]["coins"],
+        json!({"charged": 50, "earned": 35})
+    );
+    assert_eq!(balance(&server, &p.volunteer.1).await, 70 + 35);
+    let (ok, stdout, _) = db.cli(&["ledger", "audit", "--format", "json"]);
+    let report: Value = serde_json::from_str(&stdout).expect("json report");
+    assert!(ok && report["ok"] == json!(true), "{report}");
 }
