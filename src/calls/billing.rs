@@ -62,12 +62,7 @@ pub async fn settle(state: &AppState, call_id: &str) -> Result<(), ApiError> {
         let events = ledger::execute(state, &call.callee_id, credit, metadata.clone()).await?;
         if events.is_empty() {
             // Credited by an earlier run (maybe under another share setting): record that.
-            state
-                .store
-                .projector
-                .catch_up()
-                .await
-                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            ledger_caught_up(state).await?;
             if let Some(row) = ledger_model::find(db.into(), &earning_id(&call)).await? {
                 earned = row.coins.abs();
             }
@@ -113,12 +108,7 @@ async fn charge(
         }
         // No posting: an earlier run charged it (read it back once the ledger has it), or the
         // balance was empty and there was nothing to take.
-        state
-            .store
-            .projector
-            .catch_up()
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        ledger_caught_up(state).await?;
     }
     let db = &state.store.db;
     let charged = ledger_model::find(db.into(), &charge_id(call))
@@ -126,6 +116,17 @@ async fn charge(
         .map_or(0, |row| row.coins.abs());
     let balance = ledger_model::balance(db.into(), senior).await?;
     Ok((charged, balance))
+}
+
+/// Waits until the read models include every committed event (what an earlier run posted).
+async fn ledger_caught_up(state: &AppState) -> Result<(), ApiError> {
+    state
+        .store
+        .projector
+        .catch_up()
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
 /// Finishes the billing of calls that ended a while ago and are still unbilled.

@@ -80,6 +80,20 @@ async fn start(ws: &mut Ws, chat_id: &str) -> Value {
     .await
 }
 
+/// Both sides on sockets and a call the volunteer answered: `(senior, volunteer, call id)`.
+async fn answered_call(server: &Server, p: &Pair) -> (Ws, Ws, String) {
+    let (mut senior_ws, _) = server.ws_authenticated(&p.senior.1, None).await;
+    let (mut volunteer_ws, _) = server.ws_authenticated(&p.volunteer.1, None).await;
+    let call = start(&mut senior_ws, &p.chat_id).await;
+    let call_id = call["id"].as_str().expect("id").to_string();
+    act(
+        &mut volunteer_ws,
+        json!({"action": "call.accept", "callId": call_id}),
+    )
+    .await;
+    (senior_ws, volunteer_ws, call_id)
+}
+
 fn error_of(reply: &Value) -> (u64, String) {
     assert_eq!(reply["success"], json!(false), "{reply}");
     (
@@ -599,15 +613,7 @@ async fn billing_finishes_once_after_a_crash(backend: Backend) {
     };
     let server = ledger_server(&db, &TIMERS).await;
     let p = pair(&server, &db, 1000).await;
-    let (mut senior_ws, _) = server.ws_authenticated(&p.senior.1, None).await;
-    let (mut volunteer_ws, _) = server.ws_authenticated(&p.volunteer.1, None).await;
-    let call = start(&mut senior_ws, &p.chat_id).await;
-    let call_id = call["id"].as_str().expect("id").to_string();
-    act(
-        &mut volunteer_ws,
-        json!({"action": "call.accept", "callId": call_id}),
-    )
-    .await;
+    let (senior_ws, volunteer_ws, call_id) = answered_call(&server, &p).await;
     drop((senior_ws, volunteer_ws));
     server.kill();
 
@@ -678,15 +684,7 @@ async fn a_call_a_side_abandoned_ends_when_they_left(backend: Backend) {
     };
     let server = ledger_server(&db, &TIMERS).await;
     let p = pair(&server, &db, 1000).await;
-    let (mut senior_ws, _) = server.ws_authenticated(&p.senior.1, None).await;
-    let (mut volunteer_ws, _) = server.ws_authenticated(&p.volunteer.1, None).await;
-    let call = start(&mut senior_ws, &p.chat_id).await;
-    let call_id = call["id"].as_str().expect("id").to_string();
-    act(
-        &mut volunteer_ws,
-        json!({"action": "call.accept", "callId": call_id}),
-    )
-    .await;
+    let (mut senior_ws, mut volunteer_ws, call_id) = answered_call(&server, &p).await;
     senior_ws.push("call.accepted").await;
     // A reconnect within the minute keeps the call.
     drop(senior_ws);
