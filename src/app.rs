@@ -180,6 +180,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .wrap(cors(&cors_origins))
     })
     .disable_signals()
+    // Idle connections stay open longer than clients' pools usually keep them (the 5 s default
+    // races clients reusing a connection just as the server closes it: IncompleteMessage).
+    .keep_alive(std::time::Duration::from_secs(75))
     .shutdown_timeout(SHUTDOWN_GRACE_SECS)
     .listen(listener)?
     .run();

@@ -158,6 +158,9 @@ impl Server {
             // A hang must fail the test, not block the run.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                // Drop idle connections well before the server's keep-alive closes them, so a
+                // request never goes out on a connection the server is closing.
+                .pool_idle_timeout(Duration::from_secs(20))
                 .build()
                 .expect("http client"),
         }
