@@ -207,6 +207,18 @@ async fn alert_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Proje
     Ok(written)
 }
 
+/// `basic_user` of `other` as `viewer` sees them in a push (`{id}` once they are gone).
+async fn basic_user_for(
+    tx: &mut DbTx,
+    viewer: &str,
+    other: &str,
+) -> Result<Value, ProjectionError> {
+    Ok(match users::find_by_id_tx(tx, other).await? {
+        Some(user) => user.basic(&crate::profiles::Reader::user(viewer, false), false),
+        None => json!({ "id": other }),
+    })
+}
+
 /// The pushes of a Calendar event: schedule alerts, the volunteer's `user.update` when their
 /// availability or booked slots changed, and `schedule.upcoming` to both sides of a reminder.
 async fn calendar_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
@@ -228,10 +240,7 @@ async fn calendar_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Pr
                 (&schedule.senior_id, &schedule.volunteer_id),
                 (&schedule.volunteer_id, &schedule.senior_id),
             ] {
-                let attendee = match users::find_by_id_tx(tx, other).await? {
-                    Some(user) => user.basic(&crate::profiles::Reader::user(viewer, false), false),
-                    None => json!({ "id": other }),
-                };
+                let attendee = basic_user_for(tx, viewer, other).await?;
                 let payload = json!({
                     "schedule": schedule.to_json(now, attendee),
                     "startsInSeconds": starts_in,
@@ -278,10 +287,7 @@ async fn call_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
     let mut written = 0;
     for viewer in recipients {
         let other = call.other_side(viewer);
-        let user = match users::find_by_id_tx(tx, other).await? {
-            Some(user) => user.basic(&crate::profiles::Reader::user(viewer, false), false),
-            None => json!({ "id": other }),
-        };
+        let user = basic_user_for(tx, viewer, other).await?;
         let mut payload = json!({
             "call": call.to_json(viewer, user),
             "chat": {"id": call.chat_id},
