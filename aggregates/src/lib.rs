@@ -7,9 +7,12 @@
 pub mod alert_inbox;
 pub mod calendar;
 pub mod call;
+pub mod devices;
 pub mod email_claim;
 pub mod otp;
 pub mod pair;
+pub mod review;
+pub mod support;
 pub mod user;
 pub mod wallet;
 
