@@ -58,6 +58,23 @@ pub struct S3Settings {
     pub path_style: bool,
 }
 
+/// Where push notifications go (`TALKAMIE_PUSH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushKind {
+    /// JSON files under `<data dir>/push/` (`file`, default).
+    File,
+    /// Firebase Cloud Messaging, HTTP v1 API (`fcm`).
+    Fcm(FcmSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FcmSettings {
+    /// `FCM_SERVICE_ACCOUNT`: the Google service-account JSON file (read when the provider starts).
+    pub service_account: PathBuf,
+    /// `FCM_ENDPOINT`: where the FCM API is (tests point it at a stand-in).
+    pub endpoint: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub port: u16,
@@ -80,6 +97,7 @@ pub struct Settings {
     pub storage: StorageKind,
     pub ledger: LedgerSettings,
     pub timers: TimerSettings,
+    pub push: PushKind,
 }
 
 /// Timed work: reminders, ringing calls, sagas left half-way.
@@ -189,14 +207,24 @@ impl Settings {
             }
             other => bail!("TALKAMIE_PAYMENTS must be sandbox or stripe, not {other}"),
         };
-        // Providers of later features: only the built-in ones exist so far.
-        for (key, allowed) in [("TALKAMIE_PAYOUTS", "sandbox"), ("TALKAMIE_PUSH", "file")] {
-            if let Some(value) = get(key) {
-                if value != allowed {
-                    bail!("{key}={value} is not available yet (only {allowed})");
-                }
+        // Payouts: only the built-in sandbox exists so far.
+        if let Some(value) = get("TALKAMIE_PAYOUTS") {
+            if value != "sandbox" {
+                bail!("TALKAMIE_PAYOUTS={value} is not available yet (only sandbox)");
             }
         }
+        let push = match get("TALKAMIE_PUSH").as_deref().unwrap_or("file") {
+            "file" => PushKind::File,
+            "fcm" => PushKind::Fcm(FcmSettings {
+                service_account: PathBuf::from(get("FCM_SERVICE_ACCOUNT").context(
+                    "TALKAMIE_PUSH=fcm needs FCM_SERVICE_ACCOUNT (the path of a Google \
+                     service-account JSON file)",
+                )?),
+                endpoint: get("FCM_ENDPOINT")
+                    .unwrap_or_else(|| "https://fcm.googleapis.com".into()),
+            }),
+            other => bail!("TALKAMIE_PUSH must be file or fcm, not {other}"),
+        };
         let number = |key: &str, default: u64| -> anyhow::Result<u64> {
             match get(key) {
                 Some(v) => v
@@ -266,6 +294,7 @@ impl Settings {
             adjustable_clock: get("TALKAMIE_ADJUSTABLE_CLOCK").is_some_and(|v| v == "true"),
         };
         Ok(Settings {
+            push,
             timers,
             ledger,
             storage,
@@ -294,6 +323,11 @@ impl Settings {
     pub fn mail_dir(&self) -> PathBuf {
         self.data_dir.join("mail")
     }
+
+    /// Where the file push provider writes its notifications.
+    pub fn push_dir(&self) -> PathBuf {
+        self.data_dir.join("push")
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +343,50 @@ mod tests {
         assert!(s.database_url.is_none());
         assert_eq!(s.cors_origins, vec!["*".to_string()]);
         assert_eq!(s.mailer, MailerKind::File);
+        assert_eq!(s.push, PushKind::File);
+        assert_eq!(s.push_dir(), PathBuf::from("./data/push"));
+    }
+
+    #[test]
+    fn push_is_file_or_fcm_with_a_service_account() {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        let s = Settings::from_map(&map(&[("TALKAMIE_PUSH", "file")])).unwrap();
+        assert_eq!(s.push, PushKind::File);
+        let err = Settings::from_map(&map(&[("TALKAMIE_PUSH", "fcm")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FCM_SERVICE_ACCOUNT"), "{err}");
+        let s = Settings::from_map(&map(&[
+            ("TALKAMIE_PUSH", "fcm"),
+            ("FCM_SERVICE_ACCOUNT", "/etc/talkamie/fcm.json"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.push,
+            PushKind::Fcm(FcmSettings {
+                service_account: PathBuf::from("/etc/talkamie/fcm.json"),
+                endpoint: "https://fcm.googleapis.com".into(),
+            })
+        );
+        let s = Settings::from_map(&map(&[
+            ("TALKAMIE_PUSH", "fcm"),
+            ("FCM_SERVICE_ACCOUNT", "sa.json"),
+            ("FCM_ENDPOINT", "http://127.0.0.1:9"),
+        ]))
+        .unwrap();
+        assert!(matches!(s.push, PushKind::Fcm(f) if f.endpoint == "http://127.0.0.1:9"));
+        let err = Settings::from_map(&map(&[("TALKAMIE_PUSH", "apns")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TALKAMIE_PUSH"), "{err}");
+        // Payouts keep refusing anything but the sandbox.
+        assert!(Settings::from_map(&map(&[("TALKAMIE_PAYOUTS", "paypal")])).is_err());
+        assert!(Settings::from_map(&map(&[("TALKAMIE_PAYOUTS", "sandbox")])).is_ok());
     }
 
     #[test]
