@@ -125,6 +125,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         files,
         payments,
         payouts: Box::new(SandboxPayouts),
+        push: crate::providers::push::from_settings(&settings)?,
         internal_url,
         limits: RateLimits::default(),
         hub: hub.clone(),
@@ -134,6 +135,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(housekeeping(state.clone(), stop_rx.clone()));
     tokio::spawn(crate::ledger::run_sweeper(state.clone(), stop_rx.clone()));
     tokio::spawn(crate::scheduling::run_timers(
+        state.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(crate::notifications::run_dispatcher(
         state.clone(),
         stop_rx.clone(),
     ));

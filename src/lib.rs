@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ledger;
+pub mod notifications;
 pub mod providers;
 pub mod ratelimit;
 pub mod scheduling;

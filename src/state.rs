@@ -9,6 +9,7 @@ use crate::providers::background::BackgroundChecks;
 use crate::providers::mail::Mailer;
 use crate::providers::payments::PaymentProvider;
 use crate::providers::payouts::PayoutProvider;
+use crate::providers::push::PushProvider;
 use crate::providers::storage::FileStore;
 use crate::ratelimit::RateLimits;
 use crate::store::Store;
@@ -25,6 +26,7 @@ pub struct AppState {
     pub files: FileStore,
     pub payments: Box<dyn PaymentProvider>,
     pub payouts: Box<dyn PayoutProvider>,
+    pub push: Arc<dyn PushProvider>,
     /// How this server reaches itself (the sandbox posts its webhooks there).
     pub internal_url: String,
     pub limits: RateLimits,

@@ -13,12 +13,13 @@ use sqlx::FromRow;
 use talkamie_aggregates::alert_inbox::{AlertInbox, AlertInboxEvent};
 use talkamie_aggregates::calendar::CalendarEvent;
 use talkamie_aggregates::pair::PairEvent;
+use talkamie_aggregates::review::ReviewEvent;
 use uuid::Uuid;
 
 use crate::chats::is_pair_event;
 use crate::db::{placeholders, Source};
 use crate::relations::iso;
-use crate::{ledger, schedules, with_source, with_tx, DbTx, ProjectionError, StoredEvent};
+use crate::{ledger, reviews, schedules, with_source, with_tx, DbTx, ProjectionError, StoredEvent};
 
 pub const TABLES: &[&str] = &["alerts"];
 
@@ -104,6 +105,18 @@ async fn update_subject_status(
     status: &str,
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
+    update_subject(tx, event, subject_id, &[(pointer, json!(status))], at).await
+}
+
+/// Sets each `(pointer, value)` (a JSON pointer into the body; a missing last key is added) in
+/// every alert about `subject_id`.
+async fn update_subject(
+    tx: &mut DbTx,
+    event: &StoredEvent,
+    subject_id: &str,
+    changes: &[(&str, Value)],
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
     let rows: Vec<(String, Json<Value>)> = with_tx!(tx, conn => {
         sqlx::query_as("SELECT id, body FROM alerts WHERE subject_id = $1")
             .bind(subject_id)
@@ -111,8 +124,13 @@ async fn update_subject_status(
             .await?
     });
     for (id, Json(mut body)) in rows {
-        if let Some(slot) = body.pointer_mut(pointer) {
-            *slot = json!(status);
+        for (pointer, value) in changes {
+            let Some((parent, key)) = pointer.rsplit_once('/') else {
+                continue;
+            };
+            if let Some(Value::Object(parent)) = body.pointer_mut(parent) {
+                parent.insert(key.to_string(), value.clone());
+            }
         }
         with_tx!(tx, conn => {
             sqlx::query(
@@ -206,9 +224,47 @@ async fn transaction_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), Pr
     Ok(())
 }
 
+/// `review` alerts: the ratee hears of a new review; a change or a delete updates that alert.
+async fn review_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+    match event.decode::<ReviewEvent>()? {
+        ReviewEvent::Written {
+            review_id,
+            rater,
+            ratee,
+            at,
+            ..
+        } => {
+            let Some(review) = reviews::find(tx.into(), &review_id).await? else {
+                return Ok(());
+            };
+            let body = json!({
+                "review": review.to_json(),
+                "user": user_brief(tx, &rater).await?,
+            });
+            insert(tx, event, &ratee, "review", &review_id, body, at).await
+        }
+        ReviewEvent::Updated {
+            review_id,
+            rate,
+            text,
+            at,
+        } => {
+            let changes = [("/review/rate", json!(rate)), ("/review/text", json!(text))];
+            update_subject(tx, event, &review_id, &changes, at).await
+        }
+        ReviewEvent::Deleted { review_id, at } => {
+            let changes = [("/review/deleted", json!(true))];
+            update_subject(tx, event, &review_id, &changes, at).await
+        }
+    }
+}
+
 pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
     if ledger::is_wallet_event(event) {
         return transaction_alerts(tx, event).await;
+    }
+    if reviews::is_review_event(event) {
+        return review_alerts(tx, event).await;
     }
     if event.aggregate_type == <AlertInbox as cqrs_es::Aggregate>::TYPE {
         let AlertInboxEvent::AlertsRead { alert_ids, at } = event.decode()?;

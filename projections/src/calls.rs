@@ -243,6 +243,17 @@ pub async fn find(source: Source<'_>, id: &str) -> Result<Option<CallRow>, sqlx:
     })
 }
 
+/// Whether `a` and `b` talked: a call between them was answered and has ended.
+pub async fn ended_between(source: Source<'_>, a: &str, b: &str) -> Result<bool, sqlx::Error> {
+    let sql = "SELECT COUNT(*) FROM calls
+                WHERE status = 'ended' AND accepted_at IS NOT NULL
+                  AND ((caller_id = $1 AND callee_id = $2) OR (caller_id = $2 AND callee_id = $1))";
+    let n: i64 = with_source!(source, conn => {
+        sqlx::query_scalar(sql).bind(a).bind(b).fetch_one(conn).await?
+    });
+    Ok(n > 0)
+}
+
 /// Which calls of a user a query looks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unfinished {

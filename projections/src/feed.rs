@@ -10,13 +10,14 @@ use talkamie_aggregates::alert_inbox::{AlertInbox, AlertInboxEvent};
 use talkamie_aggregates::calendar::CalendarEvent;
 use talkamie_aggregates::call::CallEvent;
 use talkamie_aggregates::pair::PairEvent;
+use talkamie_aggregates::support::SupportEvent;
 use talkamie_aggregates::user::{User, UserEvent};
 use talkamie_aggregates::wallet::WalletEvent;
 
 use crate::chats::{self, is_pair_event};
 use crate::{
-    alerts, calls, chat_views, ledger, relations, schedules, users, with_pool, with_tx, Db, DbTx,
-    ProjectionError, StoredEvent,
+    alerts, calls, chat_views, ledger, relations, reviews, schedules, support, users, with_pool,
+    with_tx, Db, DbTx, ProjectionError, StoredEvent,
 };
 
 pub const TABLES: &[&str] = &["feed"];
@@ -49,6 +50,12 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projecti
     }
     if calls::is_call_event(event) {
         return call_pushes(tx, event).await;
+    }
+    if reviews::is_review_event(event) {
+        return review_pushes(tx, event).await;
+    }
+    if support::is_support_event(event) {
+        return support_pushes(tx, event).await;
     }
     if event.aggregate_type != <User as cqrs_es::Aggregate>::TYPE {
         return Ok(0);
@@ -313,6 +320,66 @@ async fn call_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
     Ok(written)
 }
 
+/// The pushes of a Review event: the ratee's `review` alert and their `user.update` (the
+/// rating and the alert count changed).
+async fn review_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+    let mut written = alert_pushes(tx, event).await?;
+    // The stream id is `rater:ratee` (the review row is gone after a delete).
+    if let Some((_, ratee)) = event.aggregate_id.split_once(':') {
+        written += user_update(tx, ratee, event.recorded_at).await?;
+    }
+    Ok(written)
+}
+
+/// The pushes of a SupportDesk event: messages and receipts to the ticket's user and to every
+/// admin (any of them may answer), and the user's `user.update` when their open ticket changed.
+async fn support_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+    let at = event.recorded_at;
+    let owner = event.aggregate_id.as_str();
+    let (action, ticket_id, payload) = match event.decode::<SupportEvent>()? {
+        SupportEvent::TicketOpened { .. } | SupportEvent::TicketClosed { .. } => {
+            return user_update(tx, owner, at).await;
+        }
+        SupportEvent::SupportMessagePosted {
+            ticket_id,
+            message_id,
+            ..
+        } => {
+            let Some(message) = support::message(tx.into(), &message_id).await? else {
+                return Ok(0);
+            };
+            let payload = json!({ "ticket": {"id": ticket_id}, "message": message.to_json() });
+            ("support.message.new", ticket_id, payload)
+        }
+        SupportEvent::SupportMessagesDelivered { ticket_id, .. }
+        | SupportEvent::SupportMessagesRead { ticket_id, .. } => {
+            let changed = support::receipts_at(tx.into(), &ticket_id, event.position).await?;
+            if changed.is_empty() {
+                return Ok(0);
+            }
+            let map: serde_json::Map<String, Value> = changed
+                .iter()
+                .map(|m| (m.id.clone(), m.to_json()["delivery"].clone()))
+                .collect();
+            let payload = json!({ "ticket": {"id": ticket_id}, "messagesMap": map });
+            ("support.messages.update", ticket_id, payload)
+        }
+    };
+    let mut recipients = vec![owner.to_string()];
+    recipients.extend(support::staff(tx.into()).await?);
+    recipients.dedup();
+    tracing::debug!(
+        ticket_id,
+        action,
+        recipients = recipients.len(),
+        "support push"
+    );
+    for user in &recipients {
+        push(tx, user, action, &payload, at).await?;
+    }
+    Ok(recipients.len())
+}
+
 /// The pushes of a Wallet event: `transaction` alerts, then the owner's `user.update` when the
 /// balance or the alert count changed.
 async fn wallet_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
@@ -461,6 +528,20 @@ pub async fn read_after(db: &Db, after: i64, limit: i64) -> Result<Vec<FeedRow>,
                 WHERE position > $1 ORDER BY position LIMIT $2";
     let raw: Vec<RawRow> = with_pool!(db, pool => {
         sqlx::query_as(sql).bind(after).bind(limit).fetch_all(pool).await?
+    });
+    Ok(to_rows(raw))
+}
+
+/// Rows of every user after `after`, inside a transaction (the push dispatcher's claim).
+pub async fn read_after_tx(
+    tx: &mut DbTx,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<FeedRow>, sqlx::Error> {
+    let sql = "SELECT position, user_id, action, payload FROM feed
+                WHERE position > $1 ORDER BY position LIMIT $2";
+    let raw: Vec<RawRow> = with_tx!(tx, conn => {
+        sqlx::query_as(sql).bind(after).bind(limit).fetch_all(conn).await?
     });
     Ok(to_rows(raw))
 }

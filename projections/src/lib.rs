@@ -18,8 +18,10 @@ pub mod presence;
 pub mod profiles;
 pub mod projector;
 pub mod relations;
+pub mod reviews;
 pub mod schedules;
 pub mod sealing;
+pub mod support;
 pub mod users;
 
 pub use db::{Db, DbTx};

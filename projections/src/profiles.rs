@@ -1,6 +1,5 @@
 //! The contract's user shapes (section 2): `basic_user`, `full_user` and `extended_user`,
-//! rendered from a `users` row for a given reader. Parts that later features fill in (reviews,
-//! availability, daily call counts) have their empty shape until then.
+//! rendered from a `users` row for a given reader.
 
 use std::collections::HashMap;
 
@@ -154,6 +153,9 @@ impl UserRecord {
             if let Some(request) = &relation.connect_request {
                 viewer["connectRequest"] = request.clone();
             }
+            if let Some(review_id) = &relation.review_id {
+                viewer["review"] = json!({ "id": review_id });
+            }
         }
         viewer
     }
@@ -180,8 +182,8 @@ impl UserRecord {
             "bio": self.bio,
             "location": {"city": self.city, "state": self.state, "country": self.country},
             "picture": file_json(&self.id, &self.picture_file),
-            "rating": 0,
-            "totalReviews": 0,
+            "rating": crate::reviews::mean_rating(self.rate_sum, self.total_reviews),
+            "totalReviews": self.total_reviews,
             "specialization": self.specialization.as_ref().map(|code| json!({"area": code})),
             "interests": self.interests.as_ref().map(|j| j.0.clone()).unwrap_or_else(|| json!([])),
             "language": self.language,
@@ -249,7 +251,9 @@ impl UserRecord {
                 "admin": {"status": self.verification_admin},
                 "background": {"status": self.verification_background}
             },
-            "support": {"ticket": Value::Null}
+            "support": {"ticket": counters.open_ticket.as_ref().map(|id| json!({
+                "id": id, "status": "open", "user": {"id": self.id}
+            }))}
         });
         merge(&mut user, extra);
         user

@@ -14,7 +14,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::log::{read_after, Checkpoint, StoredEvent};
 use crate::{
-    alerts, calls, chats, feed, ledger, schedules, users, with_tx, Db, DbTx, ProjectionError,
+    alerts, calls, chats, feed, ledger, reviews, schedules, support, users, with_tx, Db, DbTx,
+    ProjectionError,
 };
 
 const BATCH_SIZE: i64 = 500;
@@ -32,17 +33,21 @@ pub enum Projection {
     Ledger,
     Schedules,
     Calls,
+    Reviews,
+    Support,
     Alerts,
     Feed,
 }
 
 impl Projection {
-    pub const ALL: [Projection; 7] = [
+    pub const ALL: [Projection; 9] = [
         Projection::Users,
         Projection::Chats,
         Projection::Ledger,
         Projection::Schedules,
         Projection::Calls,
+        Projection::Reviews,
+        Projection::Support,
         Projection::Alerts,
         Projection::Feed,
     ];
@@ -54,6 +59,8 @@ impl Projection {
             Projection::Ledger => "ledger",
             Projection::Schedules => "schedules",
             Projection::Calls => "calls",
+            Projection::Reviews => "reviews",
+            Projection::Support => "support",
             Projection::Alerts => "alerts",
             Projection::Feed => "feed",
         }
@@ -74,6 +81,8 @@ impl Projection {
             Projection::Ledger => ledger::TABLES,
             Projection::Schedules => schedules::TABLES,
             Projection::Calls => calls::TABLES,
+            Projection::Reviews => reviews::TABLES,
+            Projection::Support => support::TABLES,
             Projection::Alerts => alerts::TABLES,
             Projection::Feed => feed::TABLES,
         }
@@ -97,6 +106,8 @@ impl Projection {
             Projection::Ledger => ledger::apply(tx, event).await,
             Projection::Schedules => schedules::apply(tx, event).await,
             Projection::Calls => calls::apply(tx, event).await,
+            Projection::Reviews => reviews::apply(tx, event).await,
+            Projection::Support => support::apply(tx, event).await,
             Projection::Alerts => alerts::apply(tx, event).await,
             Projection::Feed => {
                 let written = feed::apply(tx, event).await?;
@@ -121,6 +132,8 @@ pub struct Projector {
     wake: Notify,
     /// Fired after every batch that wrote push rows (the local feed tailer listens).
     pub feed_written: Notify,
+    /// The same, for the push-notification dispatcher (a `Notify` wakes one listener).
+    pub push_wake: Notify,
 }
 
 impl Projector {
@@ -130,6 +143,7 @@ impl Projector {
             applied: watch::channel(Checkpoint::default()).0,
             wake: Notify::new(),
             feed_written: Notify::new(),
+            push_wake: Notify::new(),
         })
     }
 
@@ -158,6 +172,7 @@ impl Projector {
             self.applied.send_replace(reached);
             if effects.feed_rows > 0 {
                 self.feed_written.notify_one();
+                self.push_wake.notify_one();
             }
             if effects.events == 0 {
                 return Ok(reached);

@@ -21,10 +21,12 @@ pub struct Relation {
     pub connect_request: Option<Value>,
     /// The other user's number of connections.
     pub total_connections: i64,
+    /// The id of the reader's review of this user.
+    pub review_id: Option<String>,
 }
 
 /// A user's own counters (the `extended_user` totals).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
     pub total_connections: i64,
     /// Connect and message requests waiting for this user's answer.
@@ -35,6 +37,8 @@ pub struct Counters {
     pub coins_balance: i64,
     /// Calls that connected since the start of the user's day (`dailyInfo.totalCalls`).
     pub total_calls_today: i64,
+    /// The user's open support ticket (`support.ticket`).
+    pub open_ticket: Option<String>,
 }
 
 pub fn iso(at: DateTime<Utc>) -> String {
@@ -128,6 +132,11 @@ pub async fn relations(
             relation.total_connections = total;
         }
     }
+    for (ratee, review_id) in crate::reviews::written_by(source, reader, others).await? {
+        if let Some(relation) = out.get_mut(&ratee) {
+            relation.review_id = Some(review_id);
+        }
+    }
     Ok(out)
 }
 
@@ -155,10 +164,11 @@ pub async fn counters(
         (SELECT COUNT(*) FROM chat_members WHERE user_id = $1 AND unread_count > 0),
         (SELECT COUNT(*) FROM alerts WHERE user_id = $1 AND status = 'unread'),
         COALESCE((SELECT balance FROM ledger_accounts WHERE account = 'user:' || $1), 0),
-        {}",
+        {},
+        (SELECT MIN(id) FROM support_tickets WHERE user_id = $1 AND status = 'open')",
         crate::calls::CALLS_SINCE_SQL
     );
-    type Row = (i64, i64, i64, i64, i64, i64);
+    type Row = (i64, i64, i64, i64, i64, i64, Option<String>);
     let (
         total_connections,
         total_pending_requests,
@@ -166,6 +176,7 @@ pub async fn counters(
         total_unread_alerts,
         coins_balance,
         total_calls_today,
+        open_ticket,
     ): Row = with_source!(source, conn => {
         sqlx::query_as(&sql).bind(user_id).bind(day_start).fetch_one(conn).await?
     });
@@ -176,6 +187,7 @@ pub async fn counters(
         total_unread_alerts,
         coins_balance,
         total_calls_today,
+        open_ticket,
     })
 }
 

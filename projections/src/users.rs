@@ -1,5 +1,6 @@
 //! Read model `users`: accounts and profiles (`users`), password hashes (`user_credentials`,
-//! kept apart so analysts never need to read them) and sessions (`sessions`).
+//! kept apart so analysts never need to read them), sessions (`sessions`) and the devices that
+//! receive push notifications (`push_devices`).
 //!
 //! Personal fields arrive sealed (see `sealing`); they are opened here with the user's key and
 //! stored in clear in the read model, which is wiped for a deleted user. A rebuild after a
@@ -9,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::types::Json;
 use sqlx::FromRow;
+use talkamie_aggregates::devices::{DevicesEvent, PushDevices};
 use talkamie_aggregates::user::{
     CallDuration, InterestChoice, ProfileChanges, Sealed, User, UserEvent,
 };
@@ -16,7 +18,7 @@ use talkamie_aggregates::user::{
 use crate::sealing::{self, UserKey};
 use crate::{with_pool, with_tx, Db, DbTx, ProjectionError, StoredEvent};
 
-pub const TABLES: &[&str] = &["sessions", "user_credentials", "users"];
+pub const TABLES: &[&str] = &["push_devices", "sessions", "user_credentials", "users"];
 
 /// A column value for dynamic updates.
 enum Val {
@@ -168,6 +170,9 @@ async fn profile_columns(
 }
 
 pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+    if event.aggregate_type == <PushDevices as cqrs_es::Aggregate>::TYPE {
+        return apply_devices(tx, event).await;
+    }
     if event.aggregate_type != <User as cqrs_es::Aggregate>::TYPE {
         return Ok(());
     }
@@ -370,6 +375,11 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                     .map(|r| r.rows_affected())?;
                 sqlx::query("DELETE FROM user_credentials WHERE user_id = $1")
                     .bind(user_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected())?;
+                sqlx::query("DELETE FROM push_devices WHERE user_id = $1")
+                    .bind(user_id)
                     .execute(conn)
                     .await
                     .map(|r| r.rows_affected())?
@@ -377,6 +387,62 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
         }
     }
     Ok(())
+}
+
+/// `push_devices` from the PushDevices streams. A token registered by another account moves
+/// to this one (one device, one signed-in account).
+async fn apply_devices(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+    use crate::db::{exec, Bind::Text, Bind::Time};
+    let user_id = event.aggregate_id.as_str();
+    match event.decode::<DevicesEvent>()? {
+        DevicesEvent::DeviceRegistered {
+            token_hash,
+            token,
+            platform,
+            at,
+        } => {
+            let key = sealing::key_tx(tx, user_id).await?;
+            // A token that cannot be opened any more (the account is gone) registers nothing.
+            let Some(token) = sealing::open_with(key.as_ref(), &token) else {
+                return Ok(());
+            };
+            exec(
+                tx,
+                "INSERT INTO push_devices (token_hash, user_id, token, platform, registered_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (token_hash) DO UPDATE
+                    SET user_id = $2, token = $3, platform = $4, registered_at = $5",
+                &[
+                    Text(&token_hash),
+                    Text(user_id),
+                    Text(&token),
+                    Text(platform.as_str()),
+                    Time(at),
+                ],
+            )
+            .await?;
+        }
+        DevicesEvent::DeviceRemoved { token_hash, .. }
+        | DevicesEvent::DeviceDropped { token_hash, .. } => {
+            exec(
+                tx,
+                "DELETE FROM push_devices WHERE token_hash = $1 AND user_id = $2",
+                &[Text(&token_hash), Text(user_id)],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The devices that receive `user_id`'s push notifications: `(token_hash, token, platform)`.
+pub async fn push_devices(
+    db: &Db,
+    user_id: &str,
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    let sql = "SELECT token_hash, token, platform FROM push_devices
+                WHERE user_id = $1 ORDER BY registered_at, token_hash";
+    with_pool!(db, pool => sqlx::query_as(sql).bind(user_id).fetch_all(pool).await)
 }
 
 /// Emails are unique case-insensitively: compared trimmed and lower-cased.
@@ -420,6 +486,9 @@ pub struct UserRecord {
     pub insert_date: DateTime<Utc>,
     pub last_login_date: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// From `user_ratings` (projection `reviews`).
+    pub total_reviews: i64,
+    pub rate_sum: i64,
 }
 
 impl UserRecord {
@@ -439,7 +508,11 @@ pub const USER_COLUMNS: &str = "id, email, email_verified, type, name, gender, b
     state, country, license_id, paypal_email, language, visibility, timezone_offset, timezone,
     specialization, interests, certificate_state, picture_file, video_file, certificate_file,
     max_call_duration, max_call_count, push_enabled, metas, verification_admin,
-    verification_background, insert_date, last_login_date, deleted_at";
+    verification_background, insert_date, last_login_date, deleted_at,
+    COALESCE((SELECT total_reviews FROM user_ratings WHERE user_ratings.user_id = users.id), 0)
+        AS total_reviews,
+    COALESCE((SELECT rate_sum FROM user_ratings WHERE user_ratings.user_id = users.id), 0)
+        AS rate_sum";
 
 pub async fn find_by_id(db: &Db, id: &str) -> Result<Option<UserRecord>, sqlx::Error> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");

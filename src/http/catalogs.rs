@@ -1,13 +1,18 @@
 //! Section 4 and 9 reference data: interests, specialization areas, FAQs (seeded by
-//! migrations) and the coin constants (from configuration). No sign-in needed.
+//! migrations, added to by admins) and the coin constants (from configuration). Reading them
+//! needs no sign-in.
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use talkamie_projections::with_pool;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
-use super::envelope::{ok, ApiError};
+use super::admin::require_admin;
+use super::envelope::{created, ok, ApiError};
+use super::validate::Problems;
+use crate::auth::Authenticated;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -123,4 +128,120 @@ pub async fn faqs_by_type(
 #[get("/v1/constants/coins")]
 pub async fn coins(state: web::Data<AppState>) -> HttpResponse {
     ok(&state.settings.coins)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct FaqBody {
+    /// general, seniors, volunteers, finance or safety
+    #[serde(rename = "type")]
+    faq_type: Option<String>,
+    question: Option<String>,
+    answer: Option<String>,
+}
+
+/// Whether a database error is a unique-key violation (SQLite 2067/1555, PostgreSQL 23505).
+fn is_duplicate(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| matches!(code.as_ref(), "2067" | "1555" | "23505"))
+}
+
+/// Text without control characters (newlines allowed: answers have paragraphs).
+fn check_text(p: &mut Problems, field: &str, value: &str, max: usize) {
+    p.check_length(field, value, 1, max);
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        p.add(field, "must not hold control characters");
+    }
+}
+
+/// Adds a question to the help centre (admins only): the new `{id,type,question,answer}`.
+/// Catalogs are reference data in plain tables, not event-sourced (see the README).
+#[utoipa::path(tag = "admin", security(("bearer" = [])), request_body = FaqBody,
+    responses((status = 201, description = "{id,type,question,answer}"),
+              (status = 400, description = "invalid fields"),
+              (status = 403, description = "not an admin")))]
+#[post("/v1/admin/faqs")]
+pub async fn add_faq(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    body: web::Json<FaqBody>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&state, &who).await?;
+    let mut p = Problems::default();
+    let faq_type = p.required("type", &body.faq_type).to_string();
+    if !faq_type.is_empty() && !FAQ_TYPES.contains(&faq_type.as_str()) {
+        p.add(
+            "type",
+            "must be general, seniors, volunteers, finance or safety",
+        );
+    }
+    let question = p.required("question", &body.question).trim().to_string();
+    let answer = p.required("answer", &body.answer).trim().to_string();
+    check_text(&mut p, "question", &question, 300);
+    check_text(&mut p, "answer", &answer, 4000);
+    p.finish()?;
+    let id = Uuid::new_v4().to_string();
+    let sql = "INSERT INTO faqs (id, type, question, answer, sort_order)
+               SELECT $1, $2, $3, $4, COALESCE(MAX(sort_order), 0) + 1 FROM faqs WHERE type = $2";
+    with_pool!(&state.store.db, pool => {
+        sqlx::query(sql).bind(&id).bind(&faq_type).bind(&question).bind(&answer)
+            .execute(pool).await.map(|r| r.rows_affected())?
+    });
+    tracing::info!(admin = %admin.id, faq = %id, "FAQ added");
+    Ok(created(
+        json!({"id": id, "type": faq_type, "question": question, "answer": answer}),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InterestBody {
+    name: Option<String>,
+    emoji: Option<String>,
+}
+
+/// Adds an interest people can pick (admins only): the new `{id,name,emoji}`. Names are
+/// unique whatever their case (409 `already_exists`).
+#[utoipa::path(tag = "admin", security(("bearer" = [])), request_body = InterestBody,
+    responses((status = 201, description = "{id,name,emoji}"),
+              (status = 400, description = "invalid fields"),
+              (status = 403, description = "not an admin"),
+              (status = 409, description = "an interest of that name exists")))]
+#[post("/v1/admin/interests")]
+pub async fn add_interest(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    body: web::Json<InterestBody>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&state, &who).await?;
+    let mut p = Problems::default();
+    let name = p.required("name", &body.name).trim().to_string();
+    let emoji = p.required("emoji", &body.emoji).trim().to_string();
+    check_text(&mut p, "name", &name, 40);
+    check_text(&mut p, "emoji", &emoji, 8);
+    if name.contains(['\n', '\r', '\t']) {
+        p.add("name", "must be one line");
+    }
+    p.finish()?;
+    let id = Uuid::new_v4().to_string();
+    let sql = "INSERT INTO interests (id, name, emoji, sort_order)
+               SELECT $1, $2, $3, COALESCE(MAX(sort_order), 0) + 1 FROM interests";
+    let inserted = with_pool!(&state.store.db, pool => {
+        sqlx::query(sql).bind(&id).bind(&name).bind(&emoji).execute(pool).await.map(|r| r.rows_affected())
+    });
+    match inserted {
+        Ok(_) => {}
+        Err(error) if is_duplicate(&error) => {
+            return Err(ApiError::conflict(
+                "already_exists",
+                format!("an interest named {name} exists"),
+            ))
+        }
+        Err(error) => return Err(error.into()),
+    }
+    tracing::info!(admin = %admin.id, interest = %id, "interest added");
+    Ok(created(json!({"id": id, "name": name, "emoji": emoji})))
 }

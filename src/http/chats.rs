@@ -296,6 +296,14 @@ pub async fn send_message(
     frame: &Value,
 ) -> Result<Value, ApiError> {
     let chat_id = required_text(frame, "chatId")?;
+    let text = message_text(frame)?;
+    let client_id = client_id(frame)?;
+    member_chat(state, &chat_id, &who.user_id).await?;
+    store_message(state, who, chat_id, text, client_id).await
+}
+
+/// `message.text` of a send frame: 1..4000 characters (chats and support).
+pub fn message_text(frame: &Value) -> Result<String, ApiError> {
     let text = match frame.get("message").and_then(|m| m.get("text")) {
         Some(Value::String(text)) => text.clone(),
         _ => {
@@ -309,18 +317,59 @@ pub async fn send_message(
             json!({"message.text": format!("must be 1 to {MAX_TEXT_CHARS} characters")}),
         ));
     }
-    let client_id = match frame.get("clientId") {
-        None | Some(Value::Null) => None,
+    Ok(text)
+}
+
+/// The optional `clientId` of a send frame (a retry with it stores nothing new).
+pub fn client_id(frame: &Value) -> Result<Option<String>, ApiError> {
+    match frame.get("clientId") {
+        None | Some(Value::Null) => Ok(None),
         Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_CLIENT_ID_CHARS => {
-            Some(id.clone())
+            Ok(Some(id.clone()))
         }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                json!({"clientId": format!("must be a string of 1 to {MAX_CLIENT_ID_CHARS} characters")}),
-            ))
-        }
+        Some(_) => Err(ApiError::invalid(
+            json!({"clientId": format!("must be a string of 1 to {MAX_CLIENT_ID_CHARS} characters")}),
+        )),
+    }
+}
+
+/// `messagesMap: {id: {status: delivered|read}}` of a receipts frame (chats and support).
+pub fn receipts(frame: &Value) -> Result<Vec<(String, Receipt)>, ApiError> {
+    let Some(map) = frame.get("messagesMap").and_then(Value::as_object) else {
+        return Err(ApiError::invalid(
+            json!({"messagesMap": "is required: {messageId: {status: delivered|read}}"}),
+        ));
     };
-    member_chat(state, &chat_id, &who.user_id).await?;
+    if map.is_empty() || map.len() > MAX_RECEIPTS {
+        return Err(ApiError::invalid(
+            json!({"messagesMap": format!("must hold 1 to {MAX_RECEIPTS} messages")}),
+        ));
+    }
+    let mut wanted: Vec<(String, Receipt)> = Vec::with_capacity(map.len());
+    for (id, entry) in map {
+        let receipt = match entry.get("status").and_then(Value::as_str) {
+            Some("delivered") => Receipt::Delivered,
+            Some("read") => Receipt::Read,
+            _ => {
+                return Err(ApiError::invalid(
+                    json!({format!("messagesMap.{id}.status"): "must be delivered or read"}),
+                ))
+            }
+        };
+        wanted.push((id.clone(), receipt));
+    }
+    Ok(wanted)
+}
+
+/// `chat.message.send`'s work after validation: a retry with the same `clientId` returns the
+/// first message and stores nothing.
+async fn store_message(
+    state: &AppState,
+    who: &Authenticated,
+    chat_id: String,
+    text: String,
+    client_id: Option<String>,
+) -> Result<Value, ApiError> {
     if let Some(client_id) = &client_id {
         if let Some(first) =
             chats::message_by_client_id((&state.store.db).into(), &chat_id, &who.user_id, client_id)
@@ -385,29 +434,7 @@ pub async fn update_messages(
     frame: &Value,
 ) -> Result<Value, ApiError> {
     let chat_id = required_text(frame, "chatId")?;
-    let Some(map) = frame.get("messagesMap").and_then(Value::as_object) else {
-        return Err(ApiError::invalid(
-            json!({"messagesMap": "is required: {messageId: {status: delivered|read}}"}),
-        ));
-    };
-    if map.is_empty() || map.len() > MAX_RECEIPTS {
-        return Err(ApiError::invalid(
-            json!({"messagesMap": format!("must hold 1 to {MAX_RECEIPTS} messages")}),
-        ));
-    }
-    let mut wanted: Vec<(String, Receipt)> = Vec::with_capacity(map.len());
-    for (id, entry) in map {
-        let receipt = match entry.get("status").and_then(Value::as_str) {
-            Some("delivered") => Receipt::Delivered,
-            Some("read") => Receipt::Read,
-            _ => {
-                return Err(ApiError::invalid(
-                    json!({format!("messagesMap.{id}.status"): "must be delivered or read"}),
-                ))
-            }
-        };
-        wanted.push((id.clone(), receipt));
-    }
+    let wanted = receipts(frame)?;
     member_chat(state, &chat_id, &who.user_id).await?;
     let ids: Vec<String> = wanted.iter().map(|(id, _)| id.clone()).collect();
     let seqs = chats::received_seqs((&state.store.db).into(), &chat_id, &who.user_id, &ids).await?;

@@ -18,7 +18,10 @@ pub mod otp;
 pub mod pagination;
 pub mod payments;
 pub mod profile;
+pub mod push;
+pub mod reviews;
 pub mod schedules;
+pub mod support;
 pub mod users;
 pub mod validate;
 
@@ -133,7 +136,20 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(schedules::cancel_schedule)
         .service(schedules::clear_schedules)
         .service(calls::get_call)
-        .service(calls::call_histories);
+        .service(calls::call_histories)
+        .service(reviews::my_reviews)
+        .service(reviews::user_reviews)
+        .service(reviews::create_review)
+        .service(reviews::update_review)
+        .service(reviews::delete_review)
+        .service(support::open_ticket)
+        .service(support::ticket_messages)
+        .service(support::close_ticket)
+        .service(support::admin_tickets)
+        .service(push::register_device)
+        .service(push::remove_device)
+        .service(catalogs::add_faq)
+        .service(catalogs::add_interest);
 }
 
 /// The OpenAPI document of [`routes`].

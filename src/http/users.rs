@@ -280,6 +280,9 @@ pub async fn delete_user(
             tracing::warn!(%error, "could not remove stored mails of a deleted user");
         }
     }
+    if let Err(error) = state.push.forget(&id).await {
+        tracing::warn!(%error, "could not remove stored notifications of a deleted user");
+    }
     super::files::delete_all(&state, &id).await?;
     compact(&state.store.db).await;
     Ok(ok(Value::Null))

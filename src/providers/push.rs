@@ -59,6 +59,12 @@ pub trait PushProvider: Send + Sync {
         device: &Device,
         message: &PushMessage,
     ) -> anyhow::Result<Delivery>;
+
+    /// Removes stored copies of `user_id`'s notifications (a deleted account). Sent
+    /// notifications cannot be recalled.
+    async fn forget(&self, _user_id: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The provider `TALKAMIE_PUSH` names. FCM reads its service account here, so a bad key fails
@@ -121,6 +127,23 @@ impl PushProvider for FilePushProvider {
         }
         Ok(Delivery::Sent)
     }
+
+    async fn forget(&self, user_id: &str) -> anyhow::Result<()> {
+        let mut entries = tokio::fs::read_dir(&self.dir).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            let path = entry.path();
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            let owner = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|file| file["userId"].as_str().map(String::from));
+            if owner.as_deref() == Some(user_id) {
+                tokio::fs::remove_file(&path).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The OAuth scope that lets a service account send FCM messages.
@@ -128,8 +151,9 @@ const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// An access token is renewed this long before Google says it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// FCM error codes that mean the token will never work again.
-const DEAD_TOKEN_CODES: [&str; 3] = ["UNREGISTERED", "INVALID_ARGUMENT", "SENDER_ID_MISMATCH"];
+/// FCM error codes that mean the token will never work again. `INVALID_ARGUMENT` is not one:
+/// FCM also answers it for a message it cannot take, and that must not drop good devices.
+const DEAD_TOKEN_CODES: [&str; 2] = ["UNREGISTERED", "SENDER_ID_MISMATCH"];
 
 /// The fields of a Google service-account key file we use. No `Debug`: it holds the key.
 #[derive(serde::Deserialize)]
@@ -710,7 +734,7 @@ mod tests {
             .to_string()
         };
         assert!(is_dead_token(StatusCode::NOT_FOUND, ""));
-        assert!(is_dead_token(
+        assert!(!is_dead_token(
             StatusCode::BAD_REQUEST,
             &error("INVALID_ARGUMENT", "INVALID_ARGUMENT")
         ));

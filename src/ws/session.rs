@@ -26,7 +26,7 @@ use crate::http::auth::extended_user;
 use crate::http::envelope::ApiError;
 use crate::http::profile::ProfileBody;
 use crate::http::users::update_profile;
-use crate::http::{alerts, chats};
+use crate::http::{alerts, chats, support};
 use crate::state::AppState;
 
 /// Frames (and reassembled fragmented messages) above this are refused.
@@ -307,6 +307,23 @@ impl Socket {
             )),
             "call.end" => Ok(Some(calls::end(&self.state, &who, &frame).await?.into())),
             "call.signal" => Ok(Some(calls::signal(&self.state, &who, &frame).await?.into())),
+            "support.message.send" => Ok(Some(
+                support::send_message(&self.state, &who, &frame)
+                    .await?
+                    .into(),
+            )),
+            "support.messages.get" => {
+                let (data, pagination) = support::get_messages(&self.state, &who, &frame).await?;
+                Ok(Some(Reply {
+                    data,
+                    pagination: Some(pagination),
+                }))
+            }
+            "support.messages.update" => Ok(Some(
+                support::update_messages(&self.state, &who, &frame)
+                    .await?
+                    .into(),
+            )),
             "alerts.update" => Ok(Some(
                 alerts::update_alerts(&self.state, &who, &frame)
                     .await?

@@ -29,14 +29,14 @@ const TIMERS: [(&str, &str); 2] = [
 ];
 
 /// A running server with a verified volunteer connected to a funded senior.
-struct Pair {
-    admin: String,
-    senior: (String, String),
-    volunteer: (String, String),
-    chat_id: String,
+pub struct Pair {
+    pub admin: String,
+    pub senior: (String, String),
+    pub volunteer: (String, String),
+    pub chat_id: String,
 }
 
-async fn pair(server: &Server, db: &TestDb, coins: i64) -> Pair {
+pub async fn pair(server: &Server, db: &TestDb, coins: i64) -> Pair {
     let (_, admin) = server.admin(db).await;
     let volunteer = verified_volunteer(server, db, &admin).await;
     let senior = user(server, "senior").await;
@@ -66,7 +66,7 @@ async fn advance(servers: &[&Server], admin: &str, seconds: i64) {
 }
 
 /// Sends a call action and returns the reply's `data.call` (asserting success).
-async fn act(ws: &mut Ws, frame: Value) -> Value {
+pub async fn act(ws: &mut Ws, frame: Value) -> Value {
     let reply = ws.request(frame).await;
     assert_eq!(reply["success"], json!(true), "{reply}");
     reply["data"]["call"].clone()
@@ -81,7 +81,7 @@ async fn start(ws: &mut Ws, chat_id: &str) -> Value {
 }
 
 /// Both sides on sockets and a call the volunteer answered: `(senior, volunteer, call id)`.
-async fn answered_call(server: &Server, p: &Pair) -> (Ws, Ws, String) {
+pub async fn answered_call(server: &Server, p: &Pair) -> (Ws, Ws, String) {
     let (mut senior_ws, _) = server.ws_authenticated(&p.senior.1, None).await;
     let (mut volunteer_ws, _) = server.ws_authenticated(&p.volunteer.1, None).await;
     let call = start(&mut senior_ws, &p.chat_id).await;

@@ -13,6 +13,7 @@ mod files;
 mod instances;
 mod ledger;
 mod profiles;
+mod reviews;
 mod s3;
 mod schedules;
 mod store;
