@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin;
 mod auth;
 mod browser;
 mod calls;
@@ -13,9 +14,11 @@ mod files;
 mod instances;
 mod ledger;
 mod profiles;
+mod push;
 mod reviews;
 mod s3;
 mod schedules;
 mod store;
 mod stripe;
+mod support;
 mod ws;
