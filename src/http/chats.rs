@@ -265,13 +265,7 @@ pub async fn messages_page(
 ) -> Result<(Vec<Value>, Value), ApiError> {
     let view = member_chat(state, chat_id, &who.user_id).await?;
     let pager = Pager::new(&state.hash_key, "chat-messages", chat_id, page)?;
-    let before = match pager.after(page)? {
-        None => None,
-        Some(key) => Some(
-            key.as_i64()
-                .ok_or_else(|| ApiError::invalid(json!({"lastEvaluatedKey": "is malformed"})))?,
-        ),
-    };
+    let before = seq_cursor(&pager, page)?;
     let mut rows = chats::messages_page(
         (&state.store.db).into(),
         chat_id,
@@ -330,6 +324,36 @@ pub fn client_id(frame: &Value) -> Result<Option<String>, ApiError> {
         Some(_) => Err(ApiError::invalid(
             json!({"clientId": format!("must be a string of 1 to {MAX_CLIENT_ID_CHARS} characters")}),
         )),
+    }
+}
+
+/// The watermarks a receipts frame sets: for reads, then deliveries, the highest sequence
+/// number among the wanted messages `seq_of` knows (the others are not the reader's to mark).
+pub fn receipt_marks(
+    wanted: &[(String, Receipt)],
+    seq_of: impl Fn(&str) -> Option<i64>,
+) -> Vec<(Receipt, u64)> {
+    [Receipt::Read, Receipt::Delivered]
+        .into_iter()
+        .filter_map(|receipt| {
+            let highest = wanted
+                .iter()
+                .filter(|(_, r)| *r == receipt)
+                .filter_map(|(id, _)| seq_of(id))
+                .max()?;
+            Some((receipt, u64::try_from(highest).ok()?))
+        })
+        .collect()
+}
+
+/// The sequence number a messages page continues before (`lastEvaluatedKey`), chats and support.
+pub fn seq_cursor(pager: &Pager, page: &PageQuery) -> Result<Option<i64>, ApiError> {
+    match pager.after(page)? {
+        None => Ok(None),
+        Some(key) => key
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(json!({"lastEvaluatedKey": "is malformed"}))),
     }
 }
 
@@ -439,24 +463,15 @@ pub async fn update_messages(
     let ids: Vec<String> = wanted.iter().map(|(id, _)| id.clone()).collect();
     let seqs = chats::received_seqs((&state.store.db).into(), &chat_id, &who.user_id, &ids).await?;
     let seq_of = |id: &str| seqs.iter().find(|(i, _)| i == id).map(|(_, s)| *s);
-    let highest = |receipt: Receipt| {
-        wanted
-            .iter()
-            .filter(|(_, r)| *r == receipt)
-            .filter_map(|(id, _)| seq_of(id))
-            .max()
-    };
     let now = Utc::now();
-    for receipt in [Receipt::Read, Receipt::Delivered] {
-        if let Some(upto) = highest(receipt) {
-            let command = PairCommand::MarkMessages {
-                member: who.user_id.clone(),
-                receipt,
-                upto: upto as u64,
-                at: now,
-            };
-            execute_pair(state, &chat_id, command, who.metadata()).await?;
-        }
+    for (receipt, upto) in receipt_marks(&wanted, seq_of) {
+        let command = PairCommand::MarkMessages {
+            member: who.user_id.clone(),
+            receipt,
+            upto,
+            at: now,
+        };
+        execute_pair(state, &chat_id, command, who.metadata()).await?;
     }
     let received: Vec<String> = seqs.into_iter().map(|(id, _)| id).collect();
     let answer: Map<String, Value> =

@@ -6,7 +6,6 @@ use actix_web::{get, post, web, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use talkamie_aggregates::pair::Receipt;
 use talkamie_aggregates::support::{Side, SupportCommand, SupportDesk, SupportError};
 use talkamie_projections::support::{self, TicketRow};
 use talkamie_projections::users::UserRecord;
@@ -14,7 +13,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::admin::require_admin;
-use super::chats::{client_id, message_text, page_query, receipts};
+use super::chats::{client_id, message_text, page_query, receipt_marks, receipts, seq_cursor};
 use super::envelope::{ok, ok_page, ApiError};
 use super::pagination::{time_id_keyset, time_id_sort_key, PageQuery, Pager};
 use super::schedules::users_as_seen_by;
@@ -129,6 +128,24 @@ pub async fn open_ticket(
     Ok(ok(render_ticket(&state, &who.user_id, ticket).await?))
 }
 
+/// Closes `user_id`'s open ticket, if any (their account is being deleted: nobody is left to
+/// answer).
+pub async fn close_open_ticket_of(
+    state: &AppState,
+    who: &Authenticated,
+    user_id: &str,
+) -> Result<(), ApiError> {
+    if let Some(ticket) = support::open_ticket_of((&state.store.db).into(), user_id).await? {
+        let command = SupportCommand::Close {
+            ticket_id: ticket.id,
+            by: who.user_id.clone(),
+            at: Utc::now(),
+        };
+        execute(state, who, user_id, command).await?;
+    }
+    Ok(())
+}
+
 /// One page of a ticket's messages, newest first.
 async fn messages_page(
     state: &AppState,
@@ -138,13 +155,7 @@ async fn messages_page(
 ) -> Result<(Vec<Value>, Value), ApiError> {
     let (ticket, _) = ticket_for(state, caller, ticket_id).await?;
     let pager = Pager::new(&state.hash_key, "support-messages", &ticket.id, page)?;
-    let before = match pager.after(page)? {
-        None => None,
-        Some(key) => Some(
-            key.as_i64()
-                .ok_or_else(|| ApiError::invalid(json!({"lastEvaluatedKey": "is malformed"})))?,
-        ),
-    };
+    let before = seq_cursor(&pager, page)?;
     let (mut rows, total) = support::messages_page(
         (&state.store.db).into(),
         &ticket.id,
@@ -324,22 +335,15 @@ pub async fn update_messages(
     let theirs = support::messages_of_side(db_of(state), &ticket.id, writer, &ids).await?;
     let seq_of = |id: &str| theirs.iter().find(|m| m.id == id).map(|m| m.seq);
     let now = Utc::now();
-    for receipt in [Receipt::Read, Receipt::Delivered] {
-        let highest = wanted
-            .iter()
-            .filter(|(_, r)| *r == receipt)
-            .filter_map(|(id, _)| seq_of(id))
-            .max();
-        if let Some(upto) = highest {
-            let command = SupportCommand::Mark {
-                ticket_id: ticket.id.clone(),
-                side,
-                receipt,
-                upto: upto as u64,
-                at: now,
-            };
-            execute(state, who, &ticket.user_id, command).await?;
-        }
+    for (receipt, upto) in receipt_marks(&wanted, seq_of) {
+        let command = SupportCommand::Mark {
+            ticket_id: ticket.id.clone(),
+            side,
+            receipt,
+            upto,
+            at: now,
+        };
+        execute(state, who, &ticket.user_id, command).await?;
     }
     let now_stored = support::messages_of_side(db_of(state), &ticket.id, writer, &ids).await?;
     let map: serde_json::Map<String, Value> = now_stored

@@ -257,6 +257,7 @@ pub async fn delete_user(
     {
         crate::scheduling::cancel(&state, &schedule, &id, who.metadata()).await?;
     }
+    super::support::close_open_ticket_of(&state, &who, &id).await?;
     execute_user(
         &state,
         &id,

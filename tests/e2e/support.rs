@@ -33,7 +33,7 @@ async fn a_user_and_an_admin_talk_on_one_open_ticket(backend: Backend) {
         return;
     };
     let server = Server::start(&db).await;
-    let (admin_id, admin) = server.admin(&db).await;
+    let (_, admin) = server.admin(&db).await;
     let senior = user(&server, "senior").await;
     let stranger = user(&server, "volunteer").await;
 
@@ -271,5 +271,25 @@ async fn a_user_and_an_admin_talk_on_one_open_ticket(backend: Backend) {
             .any(|t| t["id"] == json!(ticket_id)),
         "{closed}"
     );
-    let _ = admin_id;
+    // Deleting the account closes its open ticket.
+    let (status, body) = server
+        .call(
+            "DELETE",
+            &format!("/v1/user/{}", senior.0),
+            Some(&senior.1),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, open) = server
+        .get("/v1/admin/support/tickets?status=open", Some(&admin))
+        .await;
+    assert!(
+        open["data"]
+            .as_array()
+            .expect("tickets")
+            .iter()
+            .all(|t| t["id"] != json!(next_id)),
+        "{open}"
+    );
 }
