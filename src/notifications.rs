@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use talkamie_aggregates::devices::{DevicesCommand, PushDevices};
 use talkamie_projections::feed::FeedRow;
 use talkamie_projections::users::{self, UserRecord};
-use talkamie_projections::{with_tx, Db, DbTx};
+use talkamie_projections::{with_pool, with_tx, Db, DbTx};
 use tokio::sync::watch;
 
 use crate::providers::push::{Delivery, Device, PushMessage};
@@ -30,6 +30,10 @@ const BATCH: i64 = 200;
 const POLL: Duration = Duration::from_millis(500);
 /// Longest notification body, in characters (the rest is cut with `…`).
 const BODY_CHARS: usize = 180;
+/// A push older than this when claimed (after downtime or a backlog) is no news any more.
+const STALE_AFTER: chrono::Duration = chrono::Duration::minutes(10);
+/// An incoming call is news only while it may still ring.
+const STALE_CALL_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 
 pub async fn run_dispatcher(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -60,6 +64,18 @@ async fn dispatch_round(state: &AppState) -> anyhow::Result<usize> {
 
 /// Moves the shared cursor past the next batch and returns that batch.
 async fn claim_batch(db: &Db) -> Result<Vec<FeedRow>, sqlx::Error> {
+    // A plain read first: an idle feed never takes the write lock (SQLite has one writer).
+    let (cursor, end): (i64, i64) = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT (SELECT position FROM push_cursor WHERE id = 1),
+                    (SELECT COALESCE(MAX(position), 0) FROM feed)",
+        )
+        .fetch_one(pool)
+        .await?
+    });
+    if end <= cursor {
+        return Ok(vec![]);
+    }
     let mut tx = db.begin_write().await?;
     let cursor_sql = match &tx {
         // SQLite's write transaction (BEGIN IMMEDIATE) already excludes other writers.
@@ -89,6 +105,15 @@ async fn notify(state: &AppState, row: &FeedRow) -> anyhow::Result<()> {
         return Ok(());
     };
     if user.is_deleted() || !user.push_enabled {
+        return Ok(());
+    }
+    let age = Utc::now() - row.created_at;
+    let limit = if row.action == "call.incoming" {
+        STALE_CALL_AFTER
+    } else {
+        STALE_AFTER
+    };
+    if age > limit {
         return Ok(());
     }
     let Some(message) = notification(&user, row) else {
@@ -148,8 +173,11 @@ pub fn notification(user: &UserRecord, row: &FeedRow) -> Option<PushMessage> {
     let p = &row.payload;
     let (title, body, data) = match row.action.as_str() {
         "chat.message.new" => {
-            // My own sends reach my other sockets too; they are no news to me.
-            if p.pointer("/message/sender/id").and_then(Value::as_str) == Some(user.id.as_str()) {
+            // My own sends reach my other sockets too; they are no news to me. A message
+            // request comes with its `message-request` alert, which says it once.
+            if p.pointer("/message/sender/id").and_then(Value::as_str) == Some(user.id.as_str())
+                || p.pointer("/message/isRequest") == Some(&Value::Bool(true))
+            {
                 return None;
             }
             let text = p.pointer("/message/text").and_then(Value::as_str)?;
@@ -307,6 +335,7 @@ mod tests {
             user_id: "me".into(),
             action: action.into(),
             payload,
+            created_at: Utc::now(),
         }
     }
 

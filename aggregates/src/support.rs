@@ -104,6 +104,9 @@ pub enum SupportError {
     BadText,
 }
 
+/// Client ids a ticket remembers for retries.
+const MAX_CLIENT_IDS: usize = 500;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Ticket {
     open: bool,
@@ -173,6 +176,11 @@ impl Aggregate for SupportDesk {
                     ticket.last_seq = seq;
                     if let Some(client_id) = client_id {
                         ticket.client_ids.push((sender, client_id));
+                        // Retries come within moments: the last few hundred ids are plenty,
+                        // and snapshots stay small.
+                        if ticket.client_ids.len() > MAX_CLIENT_IDS {
+                            ticket.client_ids.remove(0);
+                        }
                     }
                 }
             }

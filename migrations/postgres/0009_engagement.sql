@@ -87,4 +87,12 @@ INSERT INTO push_cursor (id, position) SELECT 1, COALESCE(MAX(position), 0) FROM
 -- Interest names are unique whatever their case (admins add interests).
 CREATE UNIQUE INDEX interests_name ON interests (LOWER(name));
 
-GRANT SELECT ON reviews, user_ratings, support_tickets, support_messages TO talkamie_analyst;
+-- Support message texts are personal (like chat messages): not granted, and the analysts' view
+-- of the log hides the payloads of the new personal streams too.
+GRANT SELECT ON reviews, user_ratings, support_tickets TO talkamie_analyst;
+CREATE OR REPLACE VIEW events_for_analysts AS
+SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+       CASE WHEN aggregate_type IN ('User', 'EmailClaim', 'Otp', 'Pair', 'SupportDesk', 'PushDevices')
+            THEN NULL ELSE payload END AS payload,
+       recorded_at
+  FROM events;

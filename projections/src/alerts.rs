@@ -231,16 +231,17 @@ async fn review_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), Project
             review_id,
             rater,
             ratee,
+            rate,
+            text,
             at,
-            ..
         } => {
-            let Some(review) = reviews::find(tx.into(), &review_id).await? else {
-                return Ok(());
-            };
-            let body = json!({
-                "review": review.to_json(),
-                "user": user_brief(tx, &rater).await?,
+            // From the event alone, so a rebuild keeps the alert of a review deleted since.
+            let user = user_brief(tx, &rater).await?;
+            let review = json!({
+                "id": review_id, "rate": rate, "text": text,
+                "rater": {"id": rater, "name": user["name"]}, "timestamp": iso(at),
             });
+            let body = json!({ "review": review, "user": user });
             insert(tx, event, &ratee, "review", &review_id, body, at).await
         }
         ReviewEvent::Updated {

@@ -32,6 +32,7 @@ pub struct FeedRow {
     pub user_id: String,
     pub action: String,
     pub payload: Value,
+    pub created_at: DateTime<Utc>,
 }
 
 /// Writes the pushes an event causes; returns how many rows it wrote.
@@ -509,22 +510,23 @@ pub(crate) async fn push(
     Ok(())
 }
 
-type RawRow = (i64, String, String, Json<Value>);
+type RawRow = (i64, String, String, Json<Value>, DateTime<Utc>);
 
 fn to_rows(raw: Vec<RawRow>) -> Vec<FeedRow> {
     raw.into_iter()
-        .map(|(position, user_id, action, payload)| FeedRow {
+        .map(|(position, user_id, action, payload, created_at)| FeedRow {
             position,
             user_id,
             action,
             payload: payload.0,
+            created_at,
         })
         .collect()
 }
 
 /// Rows of every user after `after` (the instance tailer).
 pub async fn read_after(db: &Db, after: i64, limit: i64) -> Result<Vec<FeedRow>, sqlx::Error> {
-    let sql = "SELECT position, user_id, action, payload FROM feed
+    let sql = "SELECT position, user_id, action, payload, created_at FROM feed
                 WHERE position > $1 ORDER BY position LIMIT $2";
     let raw: Vec<RawRow> = with_pool!(db, pool => {
         sqlx::query_as(sql).bind(after).bind(limit).fetch_all(pool).await?
@@ -538,7 +540,7 @@ pub async fn read_after_tx(
     after: i64,
     limit: i64,
 ) -> Result<Vec<FeedRow>, sqlx::Error> {
-    let sql = "SELECT position, user_id, action, payload FROM feed
+    let sql = "SELECT position, user_id, action, payload, created_at FROM feed
                 WHERE position > $1 ORDER BY position LIMIT $2";
     let raw: Vec<RawRow> = with_tx!(tx, conn => {
         sqlx::query_as(sql).bind(after).bind(limit).fetch_all(conn).await?
@@ -553,7 +555,7 @@ pub async fn read_user_after(
     after: i64,
     limit: i64,
 ) -> Result<Vec<FeedRow>, sqlx::Error> {
-    let sql = "SELECT position, user_id, action, payload FROM feed
+    let sql = "SELECT position, user_id, action, payload, created_at FROM feed
                 WHERE user_id = $1 AND position > $2 ORDER BY position LIMIT $3";
     let raw: Vec<RawRow> = with_pool!(db, pool => {
         sqlx::query_as(sql).bind(user_id).bind(after).bind(limit).fetch_all(pool).await?

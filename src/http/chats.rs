@@ -311,6 +311,15 @@ pub fn message_text(frame: &Value) -> Result<String, ApiError> {
             json!({"message.text": format!("must be 1 to {MAX_TEXT_CHARS} characters")}),
         ));
     }
+    // PostgreSQL's JSON refuses NUL; other control characters are no text either.
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(ApiError::invalid(
+            json!({"message.text": "must not hold control characters"}),
+        ));
+    }
     Ok(text)
 }
 
@@ -318,7 +327,11 @@ pub fn message_text(frame: &Value) -> Result<String, ApiError> {
 pub fn client_id(frame: &Value) -> Result<Option<String>, ApiError> {
     match frame.get("clientId") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_CLIENT_ID_CHARS => {
+        Some(Value::String(id))
+            if !id.is_empty()
+                && id.chars().count() <= MAX_CLIENT_ID_CHARS
+                && !id.chars().any(char::is_control) =>
+        {
             Ok(Some(id.clone()))
         }
         Some(_) => Err(ApiError::invalid(
@@ -371,6 +384,11 @@ pub fn receipts(frame: &Value) -> Result<Vec<(String, Receipt)>, ApiError> {
     }
     let mut wanted: Vec<(String, Receipt)> = Vec::with_capacity(map.len());
     for (id, entry) in map {
+        if id.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                json!({"messagesMap": "ids must not hold control characters"}),
+            ));
+        }
         let receipt = match entry.get("status").and_then(Value::as_str) {
             Some("delivered") => Receipt::Delivered,
             Some("read") => Receipt::Read,

@@ -5,16 +5,19 @@
 use actix_web::{delete, get, post, put, web, HttpResponse};
 use chrono::Utc;
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use talkamie_aggregates::review::{
     review_stream_id, Review, ReviewCommand, ReviewError, MAX_TEXT_CHARS,
 };
-use talkamie_projections::{calls, reviews};
+
+use talkamie_projections::users;
+use talkamie_projections::{calls, relations, reviews};
 use uuid::Uuid;
 
 use super::envelope::{created, ok, ok_page, ApiError};
 use super::pagination::{time_id_keyset, time_id_sort_key, PageQuery, Pager};
 use super::schedules::users_as_seen_by;
-use super::users::{me, visible_user};
+use super::users::{may_see, me, visible_user};
 use crate::auth::Authenticated;
 use crate::state::AppState;
 
@@ -48,7 +51,10 @@ fn review_fields(body: &Value) -> Result<(Option<i64>, Option<String>), ApiError
     let text = match body.get("text") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => {
-            if text.chars().count() > MAX_TEXT_CHARS || text.contains('\0') {
+            let control = text
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'));
+            if text.chars().count() > MAX_TEXT_CHARS || control {
                 return Err(ApiError::invalid(
                     json!({ "text": format!("must be at most {MAX_TEXT_CHARS} characters of text") }),
                 ));
@@ -58,6 +64,15 @@ fn review_fields(body: &Value) -> Result<(Option<i64>, Option<String>), ApiError
         Some(_) => return Err(ApiError::invalid(json!({ "text": "must be a string" }))),
     };
     Ok((rate, text))
+}
+
+/// A user id from the path; one no user can have (control characters) is 404 at once.
+fn user_id(id: &str) -> Result<&str, ApiError> {
+    if id.is_empty() || id.chars().any(char::is_control) {
+        Err(ApiError::not_found("user"))
+    } else {
+        Ok(id)
+    }
 }
 
 /// `{id, rating, totalReviews}` of the ratee now.
@@ -114,10 +129,11 @@ pub async fn create_review(
     let (rate, text) = review_fields(&body)?;
     let rate = rate.ok_or_else(|| ApiError::invalid(json!({ "rate": "is required (1 to 5)" })))?;
     let reader = me(&state, &who).await?;
-    if *id == who.user_id {
+    let id = user_id(&id)?;
+    if id == who.user_id {
         return Err(review_rejected(ReviewError::SelfReview));
     }
-    let (ratee, _) = visible_user(&state, &reader, &id).await?;
+    let (ratee, _) = visible_user(&state, &reader, id).await?;
     let had_ended_call =
         calls::ended_between((&state.store.db).into(), &who.user_id, &ratee.id).await?;
     let command = ReviewCommand::Write {
@@ -153,13 +169,14 @@ pub async fn update_review(
         ));
     }
     me(&state, &who).await?;
+    let id = user_id(&id)?;
     let command = ReviewCommand::Update {
         rate,
         text,
         at: Utc::now(),
     };
-    execute(&state, &who, &id, command).await?;
-    Ok(ok(review_answer(&state, &who, &id).await?))
+    execute(&state, &who, id, command).await?;
+    Ok(ok(review_answer(&state, &who, id).await?))
 }
 
 /// Deletes my review of `{id}`: `{user:{id,rating,totalReviews}}`.
@@ -174,8 +191,9 @@ pub async fn delete_review(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     me(&state, &who).await?;
-    execute(&state, &who, &id, ReviewCommand::Delete { at: Utc::now() }).await?;
-    Ok(ok(json!({ "user": rating_json(&state, &id).await? })))
+    let id = user_id(&id)?;
+    execute(&state, &who, id, ReviewCommand::Delete { at: Utc::now() }).await?;
+    Ok(ok(json!({ "user": rating_json(&state, id).await? })))
 }
 
 /// One page of the reviews about `ratee`: the rows and the pagination.
@@ -229,8 +247,29 @@ pub async fn user_reviews(
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let reader = me(&state, &who).await?;
-    let (ratee, _) = visible_user(&state, &reader, &id).await?;
+    let (ratee, _) = visible_user(&state, &reader, user_id(&id)?).await?;
     let (rows, pagination) = page_about(&state, &ratee.id, &page).await?;
-    let data: Vec<Value> = rows.iter().map(|r| r.to_json()).collect();
+    // A rater the reader may not see (section 2 visibility) stays anonymous.
+    let raters: Vec<String> = rows.iter().map(|r| r.rater_id.clone()).collect();
+    let relations = relations::relations((&state.store.db).into(), &reader.id, &raters).await?;
+    let mut seen = HashSet::new();
+    for rater in &raters {
+        let connected = relations.get(rater).is_some_and(|r| r.connected);
+        if let Some(user) = users::find_by_id(&state.store.db, rater).await? {
+            if may_see(&reader, &user, connected) {
+                seen.insert(rater.clone());
+            }
+        }
+    }
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut review = r.to_json();
+            if !seen.contains(&r.rater_id) && !r.rater_deleted {
+                review["rater"] = json!({ "id": null, "name": "Talkamie user" });
+            }
+            review
+        })
+        .collect();
     Ok(ok_page(data, pagination))
 }

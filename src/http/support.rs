@@ -120,9 +120,7 @@ pub async fn open_ticket(
                 at: Utc::now(),
             };
             execute(&state, &who, &who.user_id, command).await?;
-            support::open_ticket_of((&state.store.db).into(), &who.user_id)
-                .await?
-                .ok_or_else(|| ApiError::unavailable("the ticket is not readable yet"))?
+            opened_ticket(&state, &who.user_id).await?
         }
     };
     Ok(ok(render_ticket(&state, &who.user_id, ticket).await?))
@@ -144,6 +142,18 @@ pub async fn close_open_ticket_of(
         execute(state, who, user_id, command).await?;
     }
     Ok(())
+}
+
+/// The user's open ticket after an `Open`. When a racing request opened it, this one stored
+/// nothing and did not wait for the read model: look again for a moment.
+async fn opened_ticket(state: &AppState, user_id: &str) -> Result<TicketRow, ApiError> {
+    for _ in 0..40 {
+        if let Some(ticket) = support::open_ticket_of((&state.store.db).into(), user_id).await? {
+            return Ok(ticket);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(ApiError::unavailable("the ticket is not readable yet"))
 }
 
 /// One page of a ticket's messages, newest first.

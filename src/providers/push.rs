@@ -303,7 +303,10 @@ impl FcmProvider {
         Ok(CachedToken {
             value: answer.access_token,
             // From when it was asked for, so a slow answer never makes it look fresher.
-            renew_at: asked + Duration::from_secs(answer.expires_in).saturating_sub(TOKEN_MARGIN),
+            // Google says an hour; a wild answer must not overflow the clock.
+            renew_at: asked
+                + Duration::from_secs(answer.expires_in.min(24 * 3600))
+                    .saturating_sub(TOKEN_MARGIN),
         })
     }
 
@@ -341,10 +344,12 @@ fn fcm_message(device: &Device, message: &PushMessage) -> Value {
 
 /// Whether an FCM error answer says the token is dead (the device should be dropped).
 fn is_dead_token(status: StatusCode, body: &str) -> bool {
-    if status == StatusCode::NOT_FOUND {
-        return true;
-    }
-    if status != StatusCode::BAD_REQUEST && status != StatusCode::FORBIDDEN {
+    // Only FCM's own error codes count: a 404 from a wrong project id or a proxy must not
+    // drop every device.
+    if !matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+    ) {
         return false;
     }
     let Ok(body) = serde_json::from_str::<Value>(body) else {
@@ -733,7 +738,12 @@ mod tests {
             ]}})
             .to_string()
         };
-        assert!(is_dead_token(StatusCode::NOT_FOUND, ""));
+        // A bare 404 (a wrong project or endpoint) says nothing about the token.
+        assert!(!is_dead_token(StatusCode::NOT_FOUND, ""));
+        assert!(is_dead_token(
+            StatusCode::NOT_FOUND,
+            &error("NOT_FOUND", "UNREGISTERED")
+        ));
         assert!(!is_dead_token(
             StatusCode::BAD_REQUEST,
             &error("INVALID_ARGUMENT", "INVALID_ARGUMENT")

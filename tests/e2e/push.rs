@@ -243,4 +243,10 @@ async fn notifications_reach_offline_users_with_push_enabled(backend: Backend) {
         ringing["notification"]["data"]["callId"],
         reply["data"]["call"]["id"]
     );
+    // Long after, the messages sent while online, with push off or without a device still
+    // have no notification (a slow dispatcher would have written them by now).
+    let files = notifications(&db);
+    for quiet in ["See you on the call", "Push is off", "Nobody listens"] {
+        assert!(with_body(&files, quiet).is_empty(), "{quiet}: {files:?}");
+    }
 }

@@ -123,6 +123,20 @@ async fn reviews_follow_a_call_and_keep_the_mean(backend: Backend) {
     )
     .await;
     assert_error(status, &body, 404, "not_found");
+    for method in ["POST", "PUT", "DELETE"] {
+        let body = (method != "DELETE").then(|| json!({"rate": 5}));
+        let (status, answer) = review(&server, method, &p.senior.1, "bad%00id", body).await;
+        assert_error(status, &answer, 404, "not_found");
+    }
+    let (status, body) = review(
+        &server,
+        "POST",
+        &p.senior.1,
+        &volunteer,
+        Some(json!({"rate": 5, "text": "nul\u{0}here"})),
+    )
+    .await;
+    assert_error(status, &body, 400, "invalid_input");
 
     let (status, body) = review(
         &server,
@@ -191,6 +205,7 @@ async fn reviews_follow_a_call_and_keep_the_mean(backend: Backend) {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(rating_of(&body["data"]["user"]), (4.5, 2));
+    let other_review_id = body["data"]["review"]["id"].clone();
     // The volunteer reviews a senior too (either side may rate the other).
     let (status, body) = review(
         &server,
@@ -234,7 +249,7 @@ async fn reviews_follow_a_call_and_keep_the_mean(backend: Backend) {
     let (_, seen) = server
         .get(&format!("/v1/user/{volunteer}"), Some(&other.1))
         .await;
-    assert_ne!(seen["data"]["viewer"]["review"]["id"], json!(review_id));
+    assert_eq!(seen["data"]["viewer"]["review"]["id"], other_review_id);
     let (status, list) = server
         .get(&format!("/v1/user/{volunteer}/reviews"), Some(&other.1))
         .await;

@@ -199,6 +199,20 @@ async fn a_user_and_an_admin_talk_on_one_open_ticket(backend: Backend) {
     // Bad input is 400.
     let reply = send(&mut user_ws, &ticket_id, "   ", None).await;
     assert_eq!(error_of(&reply), (400, "invalid_input".into()));
+    // NUL (which PostgreSQL's JSON refuses) is 400 on both stores, in texts, ids and receipts.
+    let reply = send(&mut user_ws, &ticket_id, "a\u{0}b", None).await;
+    assert_eq!(error_of(&reply), (400, "invalid_input".into()));
+    let reply = send(&mut user_ws, &ticket_id, "fine", Some("c\u{0}1")).await;
+    assert_eq!(error_of(&reply), (400, "invalid_input".into()));
+    let reply = user_ws
+        .request(
+            json!({"action": "support.messages.update", "ticketId": ticket_id,
+                        "messagesMap": {"a\u{0}b": {"status": "read"}}}),
+        )
+        .await;
+    assert_eq!(error_of(&reply), (400, "invalid_input".into()));
+    let reply = send(&mut user_ws, "t\u{0}x", "fine", None).await;
+    assert_eq!(error_of(&reply), (400, "invalid_input".into()));
     let reply = user_ws
         .request(json!({"action": "support.message.send", "message": {"text": "x"}}))
         .await;
@@ -291,5 +305,13 @@ async fn a_user_and_an_admin_talk_on_one_open_ticket(backend: Backend) {
             .iter()
             .all(|t| t["id"] != json!(next_id)),
         "{open}"
+    );
+    let (_, closed) = server
+        .get("/v1/admin/support/tickets?status=closed", Some(&admin))
+        .await;
+    let closed = closed["data"].as_array().expect("tickets");
+    assert!(
+        closed.iter().any(|t| t["id"] == json!(next_id)),
+        "{closed:?}"
     );
 }
