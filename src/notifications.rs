@@ -99,8 +99,21 @@ async fn claim_batch(db: &Db) -> Result<Vec<FeedRow>, sqlx::Error> {
     Ok(rows)
 }
 
+/// The pushes that may deserve a notification (`notification` decides for each recipient).
+const NOTIFYING: [&str; 5] = [
+    "chat.message.new",
+    "call.incoming",
+    "schedule.upcoming",
+    "alert.new",
+    "support.message.new",
+];
+
 /// Sends `row`'s notification, if it deserves one and its recipient is away.
 async fn notify(state: &AppState, row: &FeedRow) -> anyhow::Result<()> {
+    // Most pushes (user.update, chats.update, receipts, ...) are never news: no lookups.
+    if !NOTIFYING.contains(&row.action.as_str()) {
+        return Ok(());
+    }
     let Some(user) = users::find_by_id(&state.store.db, &row.user_id).await? else {
         return Ok(());
     };

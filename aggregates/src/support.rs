@@ -24,6 +24,23 @@ pub enum Side {
     Staff,
 }
 
+impl Side {
+    /// The side whose messages a reader on this side marks.
+    pub fn other(self) -> Side {
+        match self {
+            Side::User => Side::Staff,
+            Side::Staff => Side::User,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::User => "user",
+            Side::Staff => "staff",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SupportCommand {
     /// Opens a ticket for the desk's user, unless one is open already (then nothing happens).

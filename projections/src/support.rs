@@ -18,21 +18,6 @@ pub fn is_support_event(event: &StoredEvent) -> bool {
     event.aggregate_type == <SupportDesk as cqrs_es::Aggregate>::TYPE
 }
 
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::User => "user",
-        Side::Staff => "staff",
-    }
-}
-
-/// The side whose messages a reader on `side` marks.
-fn other_side(side: Side) -> Side {
-    match side {
-        Side::User => Side::Staff,
-        Side::Staff => Side::User,
-    }
-}
-
 /// Marks the other side's messages up to `upto` with `status`, recording the event position.
 async fn receipt(
     tx: &mut DbTx,
@@ -55,7 +40,7 @@ async fn receipt(
         &sql,
         &[
             Text(ticket_id),
-            Text(side_name(other_side(side))),
+            Text(side.other().as_str()),
             Int(upto as i64),
             Text(status),
             Time(at),
@@ -104,7 +89,7 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                     Text(&ticket_id),
                     Int(seq as i64),
                     Text(&sender),
-                    Text(side_name(side)),
+                    Text(side.as_str()),
                     Text(&text),
                     OptText(client_id.as_deref()),
                     Time(at),
@@ -182,14 +167,6 @@ impl SupportMessageRow {
         }
         message
     }
-
-    pub fn side(&self) -> Side {
-        if self.side == "staff" {
-            Side::Staff
-        } else {
-            Side::User
-        }
-    }
 }
 
 pub async fn message(
@@ -238,7 +215,7 @@ pub async fn messages_of_side(
     with_source!(source, conn => {
         let mut query = sqlx::query_as::<_, SupportMessageRow>(&sql)
             .bind(ticket_id)
-            .bind(side_name(side));
+            .bind(side.as_str());
         for id in ids {
             query = query.bind(id);
         }
@@ -305,10 +282,6 @@ const TICKET_COLUMNS: &str =
     "id, user_id, status, opened_at, closed_at, last_message_id, last_activity_at";
 
 impl TicketRow {
-    pub fn is_open(&self) -> bool {
-        self.status == "open"
-    }
-
     /// `full_support_ticket`: `{id, user, status, lastMessage, openedAt, closedAt?}`.
     pub fn to_json(&self, user: Value, last_message: Option<Value>) -> Value {
         json!({

@@ -276,7 +276,10 @@ pub async fn send_message(
     let caller = me(state, who).await?;
     let (ticket, side) = ticket_for(state, &caller, &ticket_id).await?;
     let retried = match &client_id {
-        Some(c) => support::message_by_client_id(db_of(state), &ticket.id, &who.user_id, c).await?,
+        Some(c) => {
+            support::message_by_client_id((&state.store.db).into(), &ticket.id, &who.user_id, c)
+                .await?
+        }
         None => None,
     };
     if let Some(first) = retried {
@@ -296,16 +299,18 @@ pub async fn send_message(
     let stored = if execute(state, who, &ticket.user_id, command).await? == 0 {
         // A concurrent retry stored it first: answer with that one.
         let client_id = client_id.unwrap_or_default();
-        support::message_by_client_id(db_of(state), &ticket.id, &who.user_id, &client_id).await?
+        support::message_by_client_id(
+            (&state.store.db).into(),
+            &ticket.id,
+            &who.user_id,
+            &client_id,
+        )
+        .await?
     } else {
-        support::message(db_of(state), &message_id).await?
+        support::message((&state.store.db).into(), &message_id).await?
     };
     let message = stored.ok_or_else(|| ApiError::unavailable("the message is not readable yet"))?;
     Ok(json!({"ticket": {"id": ticket.id}, "message": message.to_json()}))
-}
-
-fn db_of(state: &AppState) -> talkamie_projections::db::Source<'_> {
-    (&state.store.db).into()
 }
 
 /// `support.messages.get {ticketId, pageSize?, lastEvaluatedKey?}`:
@@ -337,12 +342,10 @@ pub async fn update_messages(
     let wanted = receipts(frame)?;
     let caller = me(state, who).await?;
     let (ticket, side) = ticket_for(state, &caller, &ticket_id).await?;
-    let writer = match side {
-        Side::User => Side::Staff,
-        Side::Staff => Side::User,
-    };
+    let writer = side.other();
     let ids: Vec<String> = wanted.iter().map(|(id, _)| id.clone()).collect();
-    let theirs = support::messages_of_side(db_of(state), &ticket.id, writer, &ids).await?;
+    let theirs =
+        support::messages_of_side((&state.store.db).into(), &ticket.id, writer, &ids).await?;
     let seq_of = |id: &str| theirs.iter().find(|m| m.id == id).map(|m| m.seq);
     let now = Utc::now();
     for (receipt, upto) in receipt_marks(&wanted, seq_of) {
@@ -355,7 +358,8 @@ pub async fn update_messages(
         };
         execute(state, who, &ticket.user_id, command).await?;
     }
-    let now_stored = support::messages_of_side(db_of(state), &ticket.id, writer, &ids).await?;
+    let now_stored =
+        support::messages_of_side((&state.store.db).into(), &ticket.id, writer, &ids).await?;
     let map: serde_json::Map<String, Value> = now_stored
         .iter()
         .map(|m| (m.id.clone(), m.to_json()["delivery"].clone()))
