@@ -127,7 +127,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         payouts: Box::new(SandboxPayouts),
         push: crate::providers::push::from_settings(&settings)?,
         internal_url,
-        limits: RateLimits::default(),
+        limits: RateLimits::new(settings.chat_messages_per_minute),
         hub: hub.clone(),
         clock: Default::default(),
         abandoned_calls: Default::default(),

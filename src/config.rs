@@ -93,6 +93,10 @@ pub struct Settings {
     pub ws_auth_timeout_secs: u64,
     /// Seconds a silent WebSocket may stay open.
     pub ws_idle_timeout_secs: u64,
+    /// Frames one socket may send per second (bursts of twice that).
+    pub ws_frames_per_second: u32,
+    /// Chat messages one sender may send per minute (bursts of a quarter of that, at least 30).
+    pub chat_messages_per_minute: u32,
     pub coins: CoinSettings,
     pub storage: StorageKind,
     pub ledger: LedgerSettings,
@@ -191,6 +195,13 @@ impl Settings {
                     .with_context(|| format!("{key} must be a whole number")),
                 None => Ok(default),
             }
+        };
+        let rate = |key: &str, default: u32| -> anyhow::Result<u32> {
+            let value = seconds(key, u64::from(default))?;
+            u32::try_from(value)
+                .ok()
+                .filter(|v| *v > 0)
+                .with_context(|| format!("{key} must be a whole number from 1 to {}", u32::MAX))
         };
         let payments = match get("TALKAMIE_PAYMENTS").as_deref().unwrap_or("sandbox") {
             "sandbox" => PaymentsKind::Sandbox,
@@ -317,6 +328,8 @@ impl Settings {
             log_format_json: get("LOG_FORMAT").is_some_and(|f| f == "json"),
             ws_auth_timeout_secs: seconds("TALKAMIE_WS_AUTH_TIMEOUT_SECS", 10)?,
             ws_idle_timeout_secs: seconds("TALKAMIE_WS_IDLE_TIMEOUT_SECS", 60)?,
+            ws_frames_per_second: rate("TALKAMIE_WS_FRAMES_PER_SECOND", 20)?,
+            chat_messages_per_minute: rate("TALKAMIE_CHAT_MESSAGES_PER_MINUTE", 120)?,
         })
     }
 

@@ -35,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Load generator and report: drives a running server and measures it.
+    Bench {
+        #[command(subcommand)]
+        scenario: talkamie::bench::Scenario,
+    },
     /// The coins ledger: audit and statements.
     Ledger {
         #[command(subcommand)]
@@ -122,7 +127,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
-        Command::Serve => app::serve(settings).await,
+        Command::Serve => {
+            talkamie::bench::raise_open_files_limit();
+            app::serve(settings).await
+        }
+        Command::Bench { scenario } => talkamie::bench::run(scenario).await,
         Command::Migrate => {
             let db = store::connect(&settings).await?;
             store::migrate(&db).await?;

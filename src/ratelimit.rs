@@ -23,8 +23,9 @@ fn quota(burst: u32, per_minute: u32) -> Quota {
     Quota::per_minute(n(per_minute)).allow_burst(n(burst))
 }
 
-impl Default for RateLimits {
-    fn default() -> Self {
+impl RateLimits {
+    /// The limits, with the per-sender chat quota from the settings.
+    pub fn new(chat_messages_per_minute: u32) -> Self {
         RateLimits {
             // 10 tries at once per email, then one every 30 s.
             sign_in_per_email: RateLimiter::keyed(quota(10, 2)),
@@ -34,7 +35,10 @@ impl Default for RateLimits {
             otp_per_email: RateLimiter::keyed(quota(5, 1)),
             otp_per_ip: RateLimiter::keyed(quota(30, 10)),
             // A person types far slower; a burst covers a client flushing its outbox.
-            messages_per_user: RateLimiter::keyed(quota(30, 120)),
+            messages_per_user: RateLimiter::keyed(quota(
+                (chat_messages_per_minute / 4).max(30),
+                chat_messages_per_minute,
+            )),
         }
     }
 }

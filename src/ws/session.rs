@@ -31,9 +31,6 @@ use crate::state::AppState;
 
 /// Frames (and reassembled fragmented messages) above this are refused.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
-/// Frames a socket may send per second (sustained), with bursts up to `RATE_BURST`.
-const RATE_PER_SECOND: u32 = 20;
-const RATE_BURST: u32 = 40;
 /// Refused frames in a row before a flooding socket is closed.
 const MAX_REFUSED_IN_A_ROW: u32 = 20;
 const REPLAY_PAGE: i64 = 500;
@@ -102,13 +99,15 @@ struct Socket {
 impl Socket {
     fn new(state: Arc<AppState>, session: Session) -> Self {
         let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
+        let per_second = state.settings.ws_frames_per_second;
+        let limiter = RateLimiter::direct(
+            Quota::per_second(n(per_second)).allow_burst(n(per_second.saturating_mul(2))),
+        );
         Socket {
             state,
             session,
             feed: None,
-            limiter: RateLimiter::direct(
-                Quota::per_second(n(RATE_PER_SECOND)).allow_burst(n(RATE_BURST)),
-            ),
+            limiter,
             refused_in_a_row: 0,
             last_heard: Instant::now(),
         }
