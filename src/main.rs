@@ -128,7 +128,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
-            talkamie::bench::raise_open_files_limit();
+            talkamie::app::raise_open_files_limit();
+            talkamie::app::return_large_blocks_to_the_os();
             app::serve(settings).await
         }
         Command::Bench { scenario } => talkamie::bench::run(scenario).await,

@@ -206,6 +206,7 @@ impl Projector {
         let mut tx = self.db.begin_write().await?;
         take_lock(&mut tx).await?;
         let mut checkpoints = load_checkpoints(&mut tx).await?;
+        let loaded = checkpoints.clone();
         let lowest = checkpoints.values().copied().min().unwrap_or_default();
         let events = read_after(&mut tx, lowest, BATCH_SIZE).await?;
         let mut effects = BatchEffects {
@@ -223,7 +224,7 @@ impl Projector {
             }
         }
         if !events.is_empty() {
-            store_checkpoints(&mut tx, &checkpoints).await?;
+            store_checkpoints(&mut tx, &loaded, &checkpoints).await?;
             if effects.feed_rows > 0 {
                 // One NOTIFY per batch, never one per command: NOTIFY serialises commits.
                 notify_feed(&mut tx).await?;
@@ -334,25 +335,36 @@ async fn load_checkpoints(
     Ok(map)
 }
 
+/// Writes the checkpoints that moved, in one statement (a round runs often: one row per
+/// projection and statement would be most of an idle-ish round's cost).
 async fn store_checkpoints(
     tx: &mut DbTx,
+    loaded: &BTreeMap<Projection, Checkpoint>,
     checkpoints: &BTreeMap<Projection, Checkpoint>,
 ) -> Result<(), ProjectionError> {
-    for (projection, at) in checkpoints {
-        with_tx!(tx, conn => {
-            sqlx::query(
-                "INSERT INTO projection_checkpoints (name, last_xid, last_position)
-                 VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE
-                    SET last_xid = excluded.last_xid, last_position = excluded.last_position",
-            )
-            .bind(projection.name())
-            .bind(at.xid)
-            .bind(at.position)
-            .execute(conn)
-            .await
-                    .map(|r| r.rows_affected())?
-        });
+    let moved: Vec<(Projection, Checkpoint)> = checkpoints
+        .iter()
+        .filter(|(p, at)| loaded.get(p) != Some(at))
+        .map(|(p, at)| (*p, *at))
+        .collect();
+    if moved.is_empty() {
+        return Ok(());
     }
+    let values: Vec<String> = (0..moved.len())
+        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+        .collect();
+    let sql = format!(
+        "INSERT INTO projection_checkpoints (name, last_xid, last_position) VALUES {}
+         ON CONFLICT (name) DO UPDATE
+            SET last_xid = excluded.last_xid, last_position = excluded.last_position",
+        values.join(", ")
+    );
+    with_tx!(tx, conn => {
+        let mut query = sqlx::query(&sql);
+        for (projection, at) in &moved {
+            query = query.bind(projection.name()).bind(at.xid).bind(at.position);
+        }
+        query.execute(conn).await.map(|r| r.rows_affected())?
+    });
     Ok(())
 }

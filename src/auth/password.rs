@@ -3,12 +3,24 @@
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use std::sync::OnceLock;
+use tokio::sync::Semaphore;
 
 pub const MIN_LEN: usize = 8;
 pub const MAX_LEN: usize = 128;
 
+/// Hashes at once are capped at the number of cores: more cannot run faster, and each holds
+/// argon2's 19 MiB of memory, which the allocator keeps afterwards (a burst of 16 sign-ups
+/// used to leave the server hundreds of MiB larger).
+fn slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS
+        .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
+}
+
 /// A PHC string (`$argon2id$v=19$...`).
 pub async fn hash(password: String) -> anyhow::Result<String> {
+    let _slot = slots().acquire().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -21,6 +33,9 @@ pub async fn hash(password: String) -> anyhow::Result<String> {
 
 /// Whether `password` matches `phc`. A malformed stored hash never matches.
 pub async fn verify(password: String, phc: String) -> bool {
+    let Ok(_slot) = slots().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&phc)
             .map(|parsed| {

@@ -121,7 +121,7 @@ impl BenchResult {
 
 /// Runs the scenario; prints the JSON result on stdout and the summary on stderr.
 pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
-    raise_open_files_limit();
+    crate::app::raise_open_files_limit();
     let (common, result) = match scenario {
         Scenario::Commands(args) => (args.common.clone(), commands::run(args).await?),
         Scenario::Chat(args) => (args.common.clone(), chat::run(args).await?),
@@ -140,20 +140,4 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
     println!("{json}");
     eprintln!("{}", result.summary());
     Ok(())
-}
-
-/// Thousands of sockets need as many descriptors: lift the soft limit to the hard one.
-pub fn raise_open_files_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }

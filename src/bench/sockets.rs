@@ -40,6 +40,10 @@ pub struct SocketsArgs {
     /// Sockets opened at a time.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,
+    /// Another instance of the same deployment to sign the users up on, so the measured
+    /// server's memory holds sockets only (not what password hashing left behind).
+    #[arg(long)]
+    pub setup_url: Option<String>,
     /// Pings per second during the window.
     #[arg(long, default_value_t = 200.0)]
     pub ping_rate: f64,
@@ -56,7 +60,11 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<BenchResult> {
     };
     let user_count = args.users.unwrap_or(args.sockets.div_ceil(20)).max(1);
     note(quiet, &format!("signing up {user_count} users"));
-    let users = api.sign_up_many("senior", user_count).await?;
+    let setup = match &args.setup_url {
+        Some(url) => Api::new(url)?,
+        None => api.clone(),
+    };
+    let users = setup.sign_up_many("senior", user_count).await?;
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = pid.map(resident_kib).transpose()?;
@@ -119,7 +127,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<BenchResult> {
         url: args.common.url.clone(),
         started_at: chrono::Utc::now(),
         params: json!({"sockets": args.sockets, "users": user_count, "pingRate": args.ping_rate,
-                       "serverPid": pid}),
+                       "serverPid": pid, "setupUrl": args.setup_url}),
         duration_secs: window.seconds(),
         operations,
         errors: samples.errors + failed_to_open as u64 + dropped,
