@@ -9,6 +9,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -295,9 +296,21 @@ async fn mailed_code(mail_dir: &Path, email: &str) -> anyhow::Result<String> {
     bail!("no verification mail to {email} in {}", mail_dir.display())
 }
 
-/// Opens a socket and authenticates it with the first frame.
+/// Opens a socket and authenticates it with the first frame (within 30 s: a socket that never
+/// opens is a failure to count, not a hang).
 pub async fn open_socket(ws_url: &str, token: &str) -> anyhow::Result<WsStream> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+    tokio::time::timeout(Duration::from_secs(30), open_socket_now(ws_url, token))
+        .await
+        .map_err(|_| anyhow!("opening and authenticating a socket took over 30 s"))?
+}
+
+async fn open_socket_now(ws_url: &str, token: &str) -> anyhow::Result<WsStream> {
+    // Small buffers: the bench holds 20,000 sockets next to the server (tungstenite's default
+    // read buffer is 128 KiB each); frames here are a few KiB at most.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true)
         .await
         .with_context(|| format!("connecting to {ws_url}"))?;
     ws.send(Message::text(
@@ -339,6 +352,34 @@ pub async fn request(ws: &mut WsStream, frame: Value) -> anyhow::Result<Value> {
         let reply = next_json(ws).await?;
         if reply.get("position").is_none() && reply["requestId"] == id {
             return Ok(reply);
+        }
+    }
+}
+
+/// Enough of a frame to match a reply and judge it, without building its `data` (the load
+/// tool shares the machine with the server: its own parsing must stay cheap).
+#[derive(serde::Deserialize)]
+struct ReplyHead {
+    #[serde(rename = "requestId")]
+    request_id: Option<String>,
+    success: Option<bool>,
+    position: Option<i64>,
+}
+
+/// Sends `frame` (which carries `"requestId": id`) and returns whether its reply succeeded.
+pub async fn request_succeeds(ws: &mut WsStream, frame: String, id: &str) -> anyhow::Result<bool> {
+    ws.send(Message::text(frame)).await?;
+    loop {
+        let text = match ws.next().await {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => bail!("socket closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("socket closed"),
+        };
+        let head: ReplyHead = serde_json::from_str(&text)?;
+        if head.position.is_none() && head.request_id.as_deref() == Some(id) {
+            return Ok(head.success == Some(true));
         }
     }
 }

@@ -219,7 +219,10 @@ fn targets(r: &BTreeMap<String, Figures>) -> Vec<Target> {
         match r.get(name) {
             Some(f) => (
                 what.to_string(),
-                format!("p99 {:.2} ms at {:.0} msg/s", f.p99, f.throughput),
+                format!(
+                    "p99 {:.2} ms, {:.0} msg/s delivered, {:.0} lost or refused",
+                    f.p99, f.throughput, f.errors
+                ),
                 Some(f.p99 <= limit && f.errors == 0.0),
             ),
             None => (what.to_string(), "-".into(), None),

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::client::{open_socket, request, Api};
+use super::client::{open_socket, request_succeeds, Api};
 use super::stats::{note, Progress, Samples, Window};
 use super::{BenchResult, Common};
 
@@ -42,13 +42,11 @@ pub async fn run(args: RpcArgs) -> anyhow::Result<BenchResult> {
                 let mut n = 0u64;
                 while !window.over() {
                     n += 1;
+                    let id = n.to_string();
+                    let frame = format!(r#"{{"action":"user.me","requestId":"{id}"}}"#);
                     let started = Instant::now();
-                    let reply = request(
-                        &mut socket,
-                        json!({"action": "user.me", "requestId": n.to_string()}),
-                    )
-                    .await;
-                    let ok = reply.as_ref().is_ok_and(|r| r["success"] == json!(true));
+                    let reply = request_succeeds(&mut socket, frame, &id).await;
+                    let ok = matches!(reply, Ok(true));
                     done.fetch_add(1, Ordering::Relaxed);
                     if window.counts(started) {
                         if ok {

@@ -94,7 +94,20 @@ struct Socket {
     limiter: DefaultDirectRateLimiter,
     refused_in_a_row: u32,
     last_heard: Instant,
+    me: Option<CachedMe>,
 }
+
+/// The last `user.me` answer of this socket. It is given again while no event has been
+/// projected since (every field comes from the read models, which only change when an event
+/// is projected) and for at most `ME_FRESH_FOR`, which bounds what depends on the clock alone
+/// (the calls of the local day, today's availability).
+struct CachedMe {
+    projected: talkamie_projections::Checkpoint,
+    rendered: Instant,
+    data: Value,
+}
+
+const ME_FRESH_FOR: Duration = Duration::from_secs(1);
 
 impl Socket {
     fn new(state: Arc<AppState>, session: Session) -> Self {
@@ -110,6 +123,7 @@ impl Socket {
             limiter,
             refused_in_a_row: 0,
             last_heard: Instant::now(),
+            me: None,
         }
     }
 
@@ -124,7 +138,7 @@ impl Socket {
         let idle_timeout = Duration::from_secs(self.state.settings.ws_idle_timeout_secs);
         let mut shutdown = self.state.hub.shutdown_signal();
         if let Some(who) = pre_authenticated {
-            if let Err(reason) = self.start_feed(who, since).await {
+            if let Err(reason) = Box::pin(self.start_feed(who, since)).await {
                 return self.finish(Some(reason)).await;
             }
         }
@@ -136,9 +150,11 @@ impl Socket {
             };
             let flow = tokio::select! {
                 _ = shutdown.changed() => close(CloseCode::Away, "server shutting down"),
-                message = stream.next() => self.on_message(message).await,
+                // Boxed: the work of a frame or a push lives on the heap only while it runs,
+                // so an idle socket's task stays small (20,000 of them on one instance).
+                message = stream.next() => Box::pin(self.on_message(message)).await,
                 row = next_row(&mut self.feed) => match row {
-                    Some(row) => self.send_push(&row).await,
+                    Some(row) => Box::pin(self.send_push(&row)).await,
                     None => close(CloseCode::Again, "too far behind; reconnect with since"),
                 },
                 _ = tokio::time::sleep_until(deadline) => match self.feed {
@@ -152,6 +168,24 @@ impl Socket {
             }
         };
         self.finish(reason).await;
+    }
+
+    /// `extended_user` of this socket's user, from the cache when nothing changed since.
+    async fn me(&mut self, who: &Authenticated) -> Result<Value, ApiError> {
+        let projected = self.state.store.projector.applied();
+        if let Some(cached) = &self.me {
+            if cached.projected == projected && cached.rendered.elapsed() < ME_FRESH_FOR {
+                return Ok(cached.data.clone());
+            }
+        }
+        let rendered = Instant::now();
+        let data = extended_user(&self.state, &who.user_id).await?;
+        self.me = Some(CachedMe {
+            projected,
+            rendered,
+            data: data.clone(),
+        });
+        Ok(data)
     }
 
     async fn finish(mut self, reason: Option<CloseReason>) {
@@ -262,7 +296,7 @@ impl Socket {
         };
         let who = feed.who.clone();
         match action {
-            "user.me" => Ok(Some(extended_user(&self.state, &who.user_id).await?.into())),
+            "user.me" => Ok(Some(self.me(&who).await?.into())),
             "user.get" => {
                 let user_id = frame
                     .get("userId")
