@@ -178,7 +178,7 @@ fn render(results: &BTreeMap<String, Figures>, meta: &Value, chart: Option<&str>
     }
     if let Some(chart) = chart {
         out.push_str(&format!(
-            "\n### Chat: send-to-push latency against rate\n\n![chat latency against rate]({chart})\n"
+            "\n### Chat: send-to-push latency against rate\n\nRates at which pushes were lost are left out of the chart.\n\n![chat latency against rate]({chart})\n"
         ));
     }
     out.push('\n');
@@ -279,6 +279,9 @@ fn latency_chart(results: &BTreeMap<String, Figures>, path: &Path) -> anyhow::Re
         let mut points: Vec<Point> = results
             .iter()
             .filter(|(name, _)| name.starts_with(prefix))
+            // A rate whose pushes were lost has no meaningful latency: it is left out (the
+            // table lists it with its losses).
+            .filter(|(_, f)| f.errors == 0.0)
             .filter_map(|(_, f)| f.rate.map(|rate| (rate, f.p50, f.p99)))
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
