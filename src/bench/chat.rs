@@ -126,7 +126,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<BenchResult> {
         unit: "messages/s".into(),
         latency_ms: all.latency(),
         extra: json!({"sentInWindow": sent, "pushedInWindow": received, "lost": lost,
-                      "targetRate": args.rate}),
+                      "refused": all.errors, "targetRate": args.rate}),
     })
 }
 

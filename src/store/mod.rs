@@ -18,10 +18,19 @@ pub use secrets::secret;
 
 use crate::config::Settings;
 
+/// Connections of the pool that requests use.
+const REQUEST_CONNECTIONS: u32 = 16;
+/// Connections kept for the projector and the feed tailer. Requests never take them: under
+/// overload, requests queue for the request pool, and the work they wait for (projecting
+/// their events, delivering pushes) would otherwise queue behind them (goodput fell to zero).
+const BACKGROUND_CONNECTIONS: u32 = 3;
+
 /// The database and the projector that keeps its read models up to date.
 #[derive(Clone)]
 pub struct Store {
     pub db: Db,
+    /// The same database through the connections kept for background work.
+    pub background: Db,
     pub projector: Arc<Projector>,
 }
 
@@ -30,16 +39,25 @@ impl Store {
     pub async fn open(settings: &Settings) -> anyhow::Result<Store> {
         let db = connect(settings).await?;
         migrate(&db).await?;
-        let projector = Projector::new(db.clone());
-        Ok(Store { db, projector })
+        let background = connect_pool(settings, BACKGROUND_CONNECTIONS).await?;
+        let projector = Projector::new(background.clone());
+        Ok(Store {
+            db,
+            background,
+            projector,
+        })
     }
 }
 
 pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
+    connect_pool(settings, REQUEST_CONNECTIONS).await
+}
+
+async fn connect_pool(settings: &Settings, connections: u32) -> anyhow::Result<Db> {
     match &settings.database_url {
         Some(url) => {
             let pool = PgPoolOptions::new()
-                .max_connections(16)
+                .max_connections(connections)
                 // A database that is down answers 503 quickly instead of hanging requests.
                 .acquire_timeout(Duration::from_secs(5))
                 .connect(url)
@@ -62,7 +80,7 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
                 // Deleted rows are overwritten, not just unlinked (account deletion).
                 .pragma("secure_delete", "ON");
             let pool = SqlitePoolOptions::new()
-                .max_connections(8)
+                .max_connections(connections.min(8))
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await

@@ -180,7 +180,7 @@ pub async fn run_presence(hub: Arc<Hub>, db: Db, mut stop: watch::Receiver<bool>
 /// Tails the feed from its current end and delivers new rows to local sockets.
 pub async fn run_tailer(hub: Arc<Hub>, store: Store, mut stop: watch::Receiver<bool>) {
     let mut last = loop {
-        match feed::last_position(&store.db).await {
+        match feed::last_position(&store.background).await {
             Ok(p) => break p,
             Err(error) => {
                 tracing::warn!(%error, "feed tailer cannot start yet");
@@ -189,7 +189,7 @@ pub async fn run_tailer(hub: Arc<Hub>, store: Store, mut stop: watch::Receiver<b
         }
     };
     loop {
-        match feed::read_after(&store.db, last, PAGE).await {
+        match feed::read_after(&store.background, last, PAGE).await {
             Ok(rows) => {
                 let full = rows.len() as i64 == PAGE;
                 for row in rows {

@@ -34,6 +34,8 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Refused frames in a row before a flooding socket is closed.
 const MAX_REFUSED_IN_A_ROW: u32 = 20;
 const REPLAY_PAGE: i64 = 500;
+/// Pushes sent in one turn of a socket's loop before it looks at incoming frames again.
+const PUSHES_AT_ONCE: usize = 256;
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -154,7 +156,7 @@ impl Socket {
                 // so an idle socket's task stays small (20,000 of them on one instance).
                 message = stream.next() => Box::pin(self.on_message(message)).await,
                 row = next_row(&mut self.feed) => match row {
-                    Some(row) => Box::pin(self.send_push(&row)).await,
+                    Some(row) => Box::pin(self.send_pushes(row)).await,
                     None => close(CloseCode::Again, "too far behind; reconnect with since"),
                 },
                 _ = tokio::time::sleep_until(deadline) => match self.feed {
@@ -457,6 +459,24 @@ impl Socket {
                 return Ok(());
             }
         }
+    }
+
+    /// Sends `first` and every push already queued behind it (up to `PUSHES_AT_ONCE`). The
+    /// loop takes one branch per turn and a frame's turn lasts as long as its command, so one
+    /// push per turn fell behind under load: pushes queued until the socket was dropped.
+    async fn send_pushes(&mut self, first: Arc<FeedRow>) -> Flow {
+        let mut next = Some(first);
+        let mut sent = 0;
+        while let Some(row) = next.take() {
+            if let Flow::Close(reason) = self.send_push(&row).await {
+                return Flow::Close(reason);
+            }
+            sent += 1;
+            if sent < PUSHES_AT_ONCE {
+                next = self.feed.as_mut().and_then(|feed| feed.rx.try_recv().ok());
+            }
+        }
+        Flow::Continue
     }
 
     async fn send_push(&mut self, row: &FeedRow) -> Flow {
