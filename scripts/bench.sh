@@ -69,9 +69,15 @@ start_server() {
     exit 1
 }
 
+# The servers are started inside $(...), so they are not this shell's children: `wait` cannot
+# wait for them. Poll until the process is gone (its database sessions with it).
 stop_server() {
     kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
+    for _ in $(seq 1 300); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -9 "$1" 2>/dev/null || true
 }
 
 bench() { "$BIN" bench "$@" --duration "$DURATION" --warmup "$WARMUP" --quiet >/dev/null; }
@@ -141,7 +147,7 @@ PG
         --out "$out/sockets.json"
     stop_server "$a"
     stop_server "$b"
-    psql_admin -c "DROP DATABASE IF EXISTS $db"
+    psql_admin -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
 
     step "commands (SQLite, embedded)"
     s=$(start_server "$PORT_A" "" "$WORK/sqlite-$run"); SERVERS+=("$s")
