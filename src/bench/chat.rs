@@ -80,12 +80,11 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<BenchResult> {
         })
         .collect();
     let progress = Progress::start(window, counters.received.clone(), "messages", quiet);
-    let progress_counter = counters.clone();
     let sending = send(sinks, args.rate, origin, window, counters.clone());
     let sinks = sending.await;
     progress.message(format!(
         "waiting for the last pushes ({} sent)",
-        progress_counter.sent.load(Ordering::Relaxed)
+        counters.sent.load(Ordering::Relaxed)
     ));
     let waited = Instant::now();
     while counters.received_in_window.load(Ordering::Relaxed)

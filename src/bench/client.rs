@@ -333,9 +333,17 @@ pub async fn next_json<S>(stream: &mut S) -> anyhow::Result<Value>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
+    Ok(serde_json::from_str(&next_text(stream).await?)?)
+}
+
+/// The next text frame.
+async fn next_text<S>(stream: &mut S) -> anyhow::Result<tokio_tungstenite::tungstenite::Utf8Bytes>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         match stream.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text)?),
+            Some(Ok(Message::Text(text))) => return Ok(text),
             Some(Ok(Message::Close(frame))) => bail!("socket closed: {frame:?}"),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
@@ -370,14 +378,7 @@ struct ReplyHead {
 pub async fn request_succeeds(ws: &mut WsStream, frame: String, id: &str) -> anyhow::Result<bool> {
     ws.send(Message::text(frame)).await?;
     loop {
-        let text = match ws.next().await {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(frame))) => bail!("socket closed: {frame:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("socket closed"),
-        };
-        let head: ReplyHead = serde_json::from_str(&text)?;
+        let head: ReplyHead = serde_json::from_str(&next_text(ws).await?)?;
         if head.position.is_none() && head.request_id.as_deref() == Some(id) {
             return Ok(head.success == Some(true));
         }
