@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin;
 mod auth;
+mod authz;
 mod bench;
 mod browser;
 mod calls;
