@@ -260,6 +260,22 @@ async fn review_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), Project
     }
 }
 
+/// Whether a Pair event creates or changes alerts: requests and their answers do, chat
+/// traffic (messages, receipts) never does, so the feed need not look for alerts after it.
+pub fn pair_event_writes_alerts(event: &PairEvent) -> bool {
+    matches!(
+        event,
+        PairEvent::ConnectionRequested { .. }
+            | PairEvent::ConnectionRequestCanceled { .. }
+            | PairEvent::ConnectionRequestRejected { .. }
+            | PairEvent::ConnectionAccepted { .. }
+            | PairEvent::MessageRequested { .. }
+            | PairEvent::MessageRequestCanceled { .. }
+            | PairEvent::MessageRequestRejected { .. }
+            | PairEvent::MessageRequestAccepted { .. }
+    )
+}
+
 pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
     if ledger::is_wallet_event(event) {
         return transaction_alerts(tx, event).await;
@@ -292,7 +308,11 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
         return Ok(());
     }
     let chat_id = event.aggregate_id.as_str();
-    match event.decode::<PairEvent>()? {
+    let decoded = event.decode::<PairEvent>()?;
+    if !pair_event_writes_alerts(&decoded) {
+        return Ok(());
+    }
+    match decoded {
         PairEvent::ConnectionRequested {
             request_id,
             from,

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::chats::{self, ChatView};
+use crate::chats::{self, ChatView, MessageRow};
 use crate::db::Source;
 use crate::profiles::Reader;
 use crate::relations::{self, iso};
@@ -20,9 +20,19 @@ pub async fn online(source: Source<'_>, user_id: &str) -> Result<bool, sqlx::Err
 /// `basic_chat`: `{id, type, user, timestamp, lastMessage, totalUnreadMessages, request?}`, as
 /// the member `view.user_id` sees it. `online` says whether the other member is online.
 pub async fn basic_chat(
+    source: Source<'_>,
+    view: &ChatView,
+    online: bool,
+) -> Result<Value, sqlx::Error> {
+    basic_chat_knowing(source, view, online, None).await
+}
+
+/// `basic_chat`, given a message already read (the chat's last one is not read again).
+pub async fn basic_chat_knowing(
     mut source: Source<'_>,
     view: &ChatView,
     online: bool,
+    known: Option<&MessageRow>,
 ) -> Result<Value, sqlx::Error> {
     let other = users::find(source.reborrow(), &view.other_id).await?;
     let relations = relations::relations(
@@ -36,11 +46,12 @@ pub async fn basic_chat(
         Some(other) => other.basic(&reader, online),
         None => json!({ "id": view.other_id }),
     };
-    let last_message = match &view.last_message_id {
-        Some(id) => chats::message(source.reborrow(), id)
+    let last_message = match (&view.last_message_id, known) {
+        (Some(id), Some(message)) if *id == message.id => Some(message.to_json()),
+        (Some(id), _) => chats::message(source.reborrow(), id)
             .await?
             .map(|m| m.to_json()),
-        None => None,
+        (None, _) => None,
     };
     let mut chat = json!({
         "id": view.id,

@@ -5,6 +5,8 @@
 //! Unread counts come from read positions: a member's `unread_count` is the number of the other
 //! member's messages after the member's `read_seq`, recomputed whenever the position moves.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::FromRow;
@@ -118,11 +120,14 @@ async fn insert_message(
         &[Text(chat_id), Text(message_id), Time(at)],
     )
     .await?;
+    // One statement for both members: the other's unread count, everyone's activity.
     exec(
         tx,
-        "UPDATE chat_members SET unread_count = unread_count + 1
-          WHERE chat_id = $1 AND user_id <> $2",
-        &[Text(chat_id), Text(sender)],
+        "UPDATE chat_members
+            SET unread_count = unread_count + CASE WHEN user_id <> $2 THEN 1 ELSE 0 END,
+                last_activity_at = $3
+          WHERE chat_id = $1",
+        &[Text(chat_id), Text(sender), Time(at)],
     )
     .await?;
     Ok(())
@@ -278,12 +283,6 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                 )
                 .await?;
             }
-            exec(
-                tx,
-                "UPDATE chat_members SET last_activity_at = $2 WHERE chat_id = $1",
-                &[Text(chat_id), Time(at)],
-            )
-            .await?;
         }
         PairEvent::MessagesDelivered { member, upto, at } => {
             exec(
@@ -431,6 +430,20 @@ pub async fn find_for_member(
     );
     with_source!(source, conn => {
         sqlx::query_as::<_, ChatView>(&sql).bind(chat_id).bind(user_id).fetch_optional(conn).await
+    })
+}
+
+/// The chat as each of its members sees it, ordered by member id.
+pub async fn views_of_chat(
+    source: Source<'_>,
+    chat_id: &str,
+) -> Result<Vec<ChatView>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {CHAT_VIEW_COLUMNS} FROM chats c JOIN chat_members m ON m.chat_id = c.id
+          WHERE c.id = $1 ORDER BY m.user_id"
+    );
+    with_source!(source, conn => {
+        sqlx::query_as::<_, ChatView>(&sql).bind(chat_id).fetch_all(conn).await
     })
 }
 
@@ -710,6 +723,29 @@ pub async fn received_seqs(
 pub async fn total_unread_chats(source: Source<'_>, user_id: &str) -> Result<i64, sqlx::Error> {
     let sql = "SELECT COUNT(*) FROM chat_members WHERE user_id = $1 AND unread_count > 0";
     with_source!(source, conn => sqlx::query_scalar(sql).bind(user_id).fetch_one(conn).await)
+}
+
+/// `total_unread_chats` of each of `user_ids` in one round trip (absent users have none).
+pub async fn total_unread_chats_of(
+    source: Source<'_>,
+    user_ids: &[String],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    if user_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT user_id, COUNT(*) FROM chat_members
+          WHERE user_id IN ({}) AND unread_count > 0 GROUP BY user_id",
+        placeholders(1, user_ids.len())
+    );
+    let rows: Vec<(String, i64)> = with_source!(source, conn => {
+        let mut query = sqlx::query_as(&sql);
+        for id in user_ids {
+            query = query.bind(id);
+        }
+        query.fetch_all(conn).await?
+    });
+    Ok(rows.into_iter().collect())
 }
 
 /// Members of a chat.

@@ -199,6 +199,48 @@ async fn message_new(
     Ok(1)
 }
 
+/// The pushes of a sent message: `chat.message.new` to every member (the recipient, and the
+/// sender's other sockets) and `chats.update` to the recipients. The most frequent event: the
+/// message, the members' views and unread totals are read once for all of them (the projector
+/// applies events one at a time, so each read is a round trip on its serial path).
+async fn message_sent_pushes(
+    tx: &mut DbTx,
+    chat_id: &str,
+    message_id: &str,
+    sender: &str,
+    at: DateTime<Utc>,
+) -> Result<usize, ProjectionError> {
+    let Some(message) = chats::message(tx.into(), message_id).await? else {
+        return Ok(0);
+    };
+    let views = chats::views_of_chat(tx.into(), chat_id).await?;
+    let members: Vec<String> = views.iter().map(|v| v.user_id.clone()).collect();
+    let unread_chats = chats::total_unread_chats_of(tx.into(), &members).await?;
+    let mut written = 0;
+    for view in &views {
+        let viewer = json!({
+            "id": view.user_id,
+            "totalUnreadChats": unread_chats.get(&view.user_id).copied().unwrap_or(0),
+        });
+        let payload = json!({
+            "chat": {"id": chat_id, "totalUnreadMessages": view.unread_count},
+            "message": message.to_json(),
+            "viewer": viewer,
+        });
+        push(tx, &view.user_id, "chat.message.new", &payload, at).await?;
+        written += 1;
+        if view.user_id != sender {
+            let online = chat_views::online(tx.into(), &view.other_id).await?;
+            let chat =
+                chat_views::basic_chat_knowing(tx.into(), view, online, Some(&message)).await?;
+            let payload = json!({ "chatsMap": { chat_id: chat }, "viewer": viewer });
+            push(tx, &view.user_id, "chats.update", &payload, at).await?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
 /// `alert.new` / `alert.update` for the alerts the event created or changed.
 async fn alert_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
     let mut written = 0;
@@ -396,9 +438,20 @@ async fn wallet_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Proj
 async fn pair_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
     let at = event.recorded_at;
     let chat_id = event.aggregate_id.as_str();
-    let mut written = alert_pushes(tx, event).await?;
+    let decoded = event.decode::<PairEvent>()?;
+    let mut written = if alerts::pair_event_writes_alerts(&decoded) {
+        alert_pushes(tx, event).await?
+    } else {
+        0
+    };
+    if let PairEvent::MessageSent {
+        message_id, sender, ..
+    } = &decoded
+    {
+        return Ok(written + message_sent_pushes(tx, chat_id, message_id, sender, at).await?);
+    }
     let members = chats::members(tx.into(), chat_id).await?;
-    match event.decode::<PairEvent>()? {
+    match decoded {
         PairEvent::ConnectionRequested { from, to, .. } => {
             written += user_update(tx, &to, at).await?;
             written += user_update(tx, &from, at).await?;
@@ -441,16 +494,7 @@ async fn pair_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
                 written += user_update(tx, member, at).await?;
             }
         }
-        PairEvent::MessageSent {
-            message_id, sender, ..
-        } => {
-            for member in &members {
-                written += message_new(tx, chat_id, &message_id, member, at).await?;
-                if *member != sender {
-                    written += chats_update(tx, chat_id, member, at).await?;
-                }
-            }
-        }
+        PairEvent::MessageSent { .. } => {}
         PairEvent::MessagesDelivered { member, .. } | PairEvent::MessagesRead { member, .. } => {
             let changed = chats::receipts_at(tx.into(), chat_id, event.position).await?;
             if !changed.is_empty() {

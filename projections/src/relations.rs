@@ -45,11 +45,22 @@ pub fn iso(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-type RequestRow = (String, String, String, String);
+/// One row of the relations query: which part it answers (`kind`), the other user, and that
+/// part's columns (unused ones are NULL).
+type RelationRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
 
 /// The relations of `reader` to each of `others` (users without any relation get the default).
+/// One round trip: the five parts are one `UNION ALL` (this renders every user in every list and
+/// push, so it sits on the projector's serial path).
 pub async fn relations(
-    mut source: Source<'_>,
+    source: Source<'_>,
     reader: &str,
     others: &[String],
 ) -> Result<HashMap<String, Relation>, sqlx::Error> {
@@ -61,80 +72,61 @@ pub async fn relations(
         return Ok(out);
     }
     let list = placeholders(2, others.len());
+    // `ord` orders the connect requests oldest first (the latest one wins below).
     let sql = format!(
-        "SELECT m.other_id, c.id, c.request_id, c.request_status
-           FROM chat_members m JOIN chats c ON c.id = m.chat_id
-          WHERE m.user_id = $1 AND m.other_id IN ({list})"
-    );
-    let chats: Vec<(String, String, Option<String>, Option<String>)> = with_source!(source.reborrow(), conn => {
-        let mut query = sqlx::query_as(&sql).bind(reader);
-        for id in others {
-            query = query.bind(id);
-        }
-        query.fetch_all(conn).await?
-    });
-    for (other, chat_id, request_id, request_status) in chats {
-        if let Some(relation) = out.get_mut(&other) {
-            let mut chat = json!({ "id": chat_id });
-            if let (Some(id), Some(status)) = (request_id, request_status) {
-                chat["request"] = json!({ "id": id, "status": status });
-            }
-            relation.chat = Some(chat);
-        }
-    }
-    let sql = format!(
-        "SELECT id, status, from_id, to_id FROM connect_requests
+        "SELECT 'request' AS kind, CASE WHEN from_id = $1 THEN to_id ELSE from_id END AS other,
+                id AS a, status AS b, from_id AS c, CAST(NULL AS BIGINT) AS n,
+                created_at AS ord
+           FROM connect_requests
           WHERE (from_id = $1 AND to_id IN ({list})) OR (to_id = $1 AND from_id IN ({list}))
-          ORDER BY created_at, id"
+         UNION ALL
+         SELECT 'chat', m.other_id, c.id, c.request_id, c.request_status, NULL, NULL
+           FROM chat_members m JOIN chats c ON c.id = m.chat_id
+          WHERE m.user_id = $1 AND m.other_id IN ({list})
+         UNION ALL
+         SELECT 'connected', other_id, NULL, NULL, NULL, NULL, NULL
+           FROM connections WHERE user_id = $1 AND other_id IN ({list})
+         UNION ALL
+         SELECT 'connections', user_id, NULL, NULL, NULL, COUNT(*), NULL
+           FROM connections WHERE user_id IN ({list}) GROUP BY user_id
+         UNION ALL
+         SELECT 'review', ratee_id, id, NULL, NULL, NULL, NULL
+           FROM reviews WHERE rater_id = $1 AND ratee_id IN ({list})
+         ORDER BY 1, 7, 3"
     );
-    let requests: Vec<RequestRow> = with_source!(source.reborrow(), conn => {
-        let mut query = sqlx::query_as(&sql).bind(reader);
+    let rows: Vec<RelationRow> = with_source!(source, conn => {
+        let mut query = sqlx::query_as::<_, RelationRow>(&sql).bind(reader);
         for id in others {
             query = query.bind(id);
         }
         query.fetch_all(conn).await?
     });
-    for (id, status, from, to) in requests {
-        let other = if from == reader { &to } else { &from };
-        if let Some(relation) = out.get_mut(other) {
-            // Ordered oldest first: the latest request wins.
-            relation.connect_request =
-                Some(json!({ "id": id, "status": status, "from": {"id": from}, "to": {"id": to} }));
-        }
-    }
-    let sql =
-        format!("SELECT other_id FROM connections WHERE user_id = $1 AND other_id IN ({list})");
-    let connected: Vec<String> = with_source!(source.reborrow(), conn => {
-        let mut query = sqlx::query_scalar(&sql).bind(reader);
-        for id in others {
-            query = query.bind(id);
-        }
-        query.fetch_all(conn).await?
-    });
-    for other in connected {
-        if let Some(relation) = out.get_mut(&other) {
-            relation.connected = true;
-        }
-    }
-    let sql = format!(
-        "SELECT user_id, COUNT(*) FROM connections WHERE user_id IN ({}) GROUP BY user_id",
-        placeholders(1, others.len())
-    );
-    let totals: Vec<(String, i64)> = with_source!(source.reborrow(), conn => {
-        let mut query = sqlx::query_as(&sql);
-        for id in others {
-            query = query.bind(id);
-        }
-        query.fetch_all(conn).await?
-    });
-    for (user, total) in totals {
-        if let Some(relation) = out.get_mut(&user) {
-            relation.total_connections = total;
-        }
-    }
-    for (ratee, review_id) in crate::reviews::written_by(source, reader, others).await? {
-        if let Some(relation) = out.get_mut(&ratee) {
-            relation.review_id = Some(review_id);
+    for (kind, other, a, b, c, n) in rows {
+        let Some(relation) = out.get_mut(&other) else {
+            continue;
+        };
+        match (kind.as_str(), a) {
+            ("request", Some(id)) => {
+                let from = c.unwrap_or_default();
+                let to = if from == reader {
+                    other.clone()
+                } else {
+                    reader.to_string()
+                };
+                relation.connect_request =
+                    Some(json!({ "id": id, "status": b, "from": {"id": from}, "to": {"id": to} }));
+            }
+            ("chat", Some(chat_id)) => {
+                let mut chat = json!({ "id": chat_id });
+                if let (Some(id), Some(status)) = (b, c) {
+                    chat["request"] = json!({ "id": id, "status": status });
+                }
+                relation.chat = Some(chat);
+            }
+            ("connected", _) => relation.connected = true,
+            ("connections", _) => relation.total_connections = n.unwrap_or(0),
+            ("review", Some(review_id)) => relation.review_id = Some(review_id),
+            _ => {}
         }
     }
     Ok(out)

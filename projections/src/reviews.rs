@@ -211,28 +211,6 @@ pub async fn page(
     Ok((rows, total))
 }
 
-/// The ids of the reviews `reader` wrote about each of `others` (`viewer.review`).
-pub async fn written_by(
-    source: Source<'_>,
-    reader: &str,
-    others: &[String],
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    if others.is_empty() {
-        return Ok(vec![]);
-    }
-    let sql = format!(
-        "SELECT ratee_id, id FROM reviews WHERE rater_id = $1 AND ratee_id IN ({})",
-        crate::db::placeholders(2, others.len())
-    );
-    with_source!(source, conn => {
-        let mut query = sqlx::query_as(&sql).bind(reader);
-        for id in others {
-            query = query.bind(id);
-        }
-        query.fetch_all(conn).await
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -445,6 +445,28 @@ pub async fn push_devices(
     with_pool!(db, pool => sqlx::query_as(sql).bind(user_id).fetch_all(pool).await)
 }
 
+/// Those of `user_ids` who registered at least one push device.
+pub async fn with_push_devices(
+    db: &Db,
+    user_ids: &[String],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    if user_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT DISTINCT user_id FROM push_devices WHERE user_id IN ({})",
+        crate::db::placeholders(1, user_ids.len())
+    );
+    let ids: Vec<String> = with_pool!(db, pool => {
+        let mut query = sqlx::query_scalar(&sql);
+        for id in user_ids {
+            query = query.bind(id);
+        }
+        query.fetch_all(pool).await?
+    });
+    Ok(ids.into_iter().collect())
+}
+
 /// Emails are unique case-insensitively: compared trimmed and lower-cased.
 pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
