@@ -59,6 +59,11 @@ impl Problems {
         let n = value.trim().chars().count();
         if n < min || n > max {
             self.add(field, format!("must be {min} to {max} characters"));
+        } else if value.contains('\0') {
+            // PostgreSQL text cannot hold U+0000: a sealed name or bio with one was stored,
+            // then stopped the projector for good when it wrote the plaintext (every later
+            // command answered 503).
+            self.add(field, "must not contain the NUL character (U+0000)");
         }
     }
 }

@@ -222,7 +222,7 @@ impl Socket {
                 self.send_text(frames::error(&FrameId::default(), &error))
                     .await
             }
-            Some(Err(actix_ws::ProtocolError::Overflow)) => {
+            Some(Err(error)) if is_too_large(&error) => {
                 let error = ApiError::new(
                     actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
@@ -276,6 +276,16 @@ impl Socket {
             let error = ApiError::invalid(json!({ "action": "is required (a string)" }));
             return self.send_text(frames::error(&id, &error)).await;
         };
+        // PostgreSQL text cannot hold U+0000: a NUL that reached a lookup or an event was a
+        // 500, and one in a sealed field (`user.update` with `name: "a\u0000b"`) stopped the
+        // projector for good (every later command answered 503). No field of any action
+        // takes it, so it is refused here, for every action at once.
+        if holds_nul(&frame) {
+            let error = ApiError::invalid(
+                json!({ "frame": "text must not contain the NUL character (U+0000)" }),
+            );
+            return self.send_text(frames::error(&id, &error)).await;
+        }
         match self.dispatch(&action, frame).await {
             Ok(Some(data)) => self.send_text(frames::reply(&id, data)).await,
             Ok(None) => Flow::Continue,
@@ -525,5 +535,26 @@ async fn next_row(feed: &mut Option<Feed>) -> Option<Arc<FeedRow>> {
     match feed {
         Some(feed) => feed.rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Whether any string or key anywhere in `value` holds a NUL character.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+/// A frame over the limit, or fragments that add up to more. actix-ws reports the latter only
+/// as an I/O error with this text; without this, such a message was closed as a protocol
+/// error (1002) instead of being refused like a single oversized frame (413, then 1009).
+fn is_too_large(error: &actix_ws::ProtocolError) -> bool {
+    match error {
+        actix_ws::ProtocolError::Overflow => true,
+        actix_ws::ProtocolError::Io(e) => e.to_string().contains("maximum continuation size"),
+        _ => false,
     }
 }
