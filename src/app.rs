@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_cors::Cors;
 use actix_web::dev::Service;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{web, App, HttpMessage, HttpServer};
+use actix_web::{middleware, web, App, HttpMessage, HttpServer};
 use anyhow::Context;
 use tokio::sync::watch;
 use tracing_actix_web::{RequestId, TracingLogger};
@@ -51,6 +51,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("catching up the read models")?;
 
+    // The recorder goes in before anything records (once per process).
+    crate::metrics::handle();
     let hub = Hub::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = vec![
@@ -133,6 +135,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         abandoned_calls: Default::default(),
     });
     tokio::spawn(housekeeping(state.clone(), stop_rx.clone()));
+    tokio::spawn(crate::metrics::run_upkeep(stop_rx.clone()));
     tokio::spawn(crate::ledger::run_sweeper(state.clone(), stop_rx.clone()));
     tokio::spawn(crate::scheduling::run_timers(
         state.clone(),
@@ -165,6 +168,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .route("/openapi.json", web::get().to(http::openapi_json))
             .service(Scalar::with_url("/docs", api.clone()))
             .default_service(web::to(http::fallback))
+            // Innermost, so it sees the matched route and the status the client gets.
+            .wrap(middleware::from_fn(crate::metrics::track))
             .wrap_fn(|req, srv| {
                 let fut = srv.call(req);
                 async move {

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod notifications;
 pub mod providers;
 pub mod ratelimit;

@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness and metrics.
 
 use actix_web::{get, web, HttpResponse};
 use serde_json::json;
@@ -23,4 +23,15 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         Ok(Ok(())) => Ok(ok(json!({ "status": "ready", "database": "ok" }))),
         _ => Err(ApiError::unavailable("the database does not answer")),
     }
+}
+
+/// Prometheus text exposition (version 0.0.4): request counts and latencies by route, open
+/// sockets, the projector's position. Public, like the health checks.
+#[utoipa::path(tag = "operations", responses(
+    (status = 200, description = "the metrics", content_type = "text/plain", body = String)))]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::metrics::render(&state))
 }

@@ -67,6 +67,7 @@ impl Modify for BearerAuth {
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
+        .service(health::metrics)
         .service(auth::sign_up)
         .service(auth::sign_in)
         .service(auth::me)

@@ -15,6 +15,7 @@ mod errors;
 mod files;
 mod instances;
 mod ledger;
+mod metrics;
 mod profiles;
 mod push;
 mod races;
