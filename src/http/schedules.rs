@@ -305,14 +305,25 @@ pub async fn schedule_call(
         scheduling::post_schedule_message(&state, &schedule, who.metadata()).await?;
     }
     let row = find_mine(&state, &who, &schedule_id).await?;
-    let message = chats::message_by_client_id(
-        (&state.store.db).into(),
-        &chat_id,
-        &senior.id,
-        &format!("schedule:{schedule_id}"),
-    )
-    .await?
-    .map(|m| m.to_json());
+    let message_client_id = format!("schedule:{schedule_id}");
+    let find_message = || {
+        chats::message_by_client_id(
+            (&state.store.db).into(),
+            &chat_id,
+            &senior.id,
+            &message_client_id,
+        )
+    };
+    let mut message = find_message().await?;
+    if message.is_none() {
+        // A crash between the booking and its message left the booking without one, and this
+        // retry (same Idempotency-Key) found the schedule and skipped both: post it now. Its
+        // clientId keeps it to one message however often this runs.
+        let schedule = schedule_of(&row, volunteer.zone());
+        scheduling::post_schedule_message(&state, &schedule, who.metadata()).await?;
+        message = find_message().await?;
+    }
+    let message = message.map(|m| m.to_json());
     let schedule = render_full(&state, &senior.id, &row).await?;
     Ok(created(json!({
         "schedule": schedule,

@@ -10,6 +10,7 @@ mod bench;
 mod browser;
 mod calls;
 mod chats;
+mod crash;
 mod discovery;
 mod errors;
 mod files;
