@@ -11,6 +11,7 @@ mod browser;
 mod calls;
 mod chats;
 mod crash;
+mod db_faults;
 mod discovery;
 mod errors;
 mod files;
