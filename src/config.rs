@@ -97,6 +97,8 @@ pub struct Settings {
     pub ws_frames_per_second: u32,
     /// Chat messages one sender may send per minute (bursts of a quarter of that, at least 30).
     pub chat_messages_per_minute: u32,
+    /// Commands one instance works on at once; more are refused at once with 503.
+    pub max_commands_in_flight: u32,
     pub coins: CoinSettings,
     pub storage: StorageKind,
     pub ledger: LedgerSettings,
@@ -330,6 +332,7 @@ impl Settings {
             ws_idle_timeout_secs: seconds("TALKAMIE_WS_IDLE_TIMEOUT_SECS", 60)?,
             ws_frames_per_second: rate("TALKAMIE_WS_FRAMES_PER_SECOND", 20)?,
             chat_messages_per_minute: rate("TALKAMIE_CHAT_MESSAGES_PER_MINUTE", 120)?,
+            max_commands_in_flight: rate("TALKAMIE_MAX_COMMANDS_IN_FLIGHT", 128)?,
         })
     }
 

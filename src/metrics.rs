@@ -26,6 +26,12 @@ pub const WS_SOCKETS_OPEN: &str = "ws_sockets_open";
 /// The last event-log position every read model of this instance includes.
 pub const PROJECTOR_APPLIED_POSITION: &str = "projector_applied_position";
 
+/// Commands executed, by `aggregate` (its type) and `outcome` (`ok`, `rejected`, `conflict`,
+/// `overloaded`, `unavailable`, `error`).
+pub const COMMANDS: &str = "commands_total";
+/// Time a command took, until the read models included it, by `aggregate`.
+pub const COMMAND_DURATION: &str = "command_duration_seconds";
+
 /// Upper bounds of the latency histograms (every metric named `*_seconds`).
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -63,6 +69,12 @@ fn describe() {
     metrics::describe_gauge!(
         WS_SOCKETS_OPEN,
         "Authenticated WebSocket connections open on this instance"
+    );
+    metrics::describe_counter!(COMMANDS, "Commands executed, by aggregate and outcome");
+    metrics::describe_histogram!(
+        COMMAND_DURATION,
+        metrics::Unit::Seconds,
+        "Time a command took until the read models included it"
     );
     metrics::describe_gauge!(
         PROJECTOR_APPLIED_POSITION,

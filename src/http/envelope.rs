@@ -143,6 +143,11 @@ impl ApiError {
                 tracing::warn!(%error, "command could not complete");
                 ApiError::unavailable(error.to_string())
             }
+            CommandError::Overloaded => {
+                let mut answer = ApiError::unavailable(error.to_string());
+                answer.retry_after_secs = Some(1);
+                answer
+            }
             CommandError::Internal(_) => {
                 tracing::error!(%error, "command failed");
                 ApiError::internal()

@@ -49,6 +49,9 @@ pub enum CommandError<E: std::error::Error> {
     /// Written, but the read models did not catch up in time.
     #[error("the write was stored but the read models are lagging")]
     Lagging,
+    /// As many commands as the instance takes at once are in flight (load shedding).
+    #[error("the server is at capacity; try again in a moment")]
+    Overloaded,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -65,6 +68,40 @@ impl Store {
         A: Aggregate<Services = ()> + 'static,
         A::Command: Clone + Send,
     {
+        let started = std::time::Instant::now();
+        let result = self
+            .execute_within_capacity::<A>(id, command, metadata)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict) => "conflict",
+            Err(CommandError::Overloaded) => "overloaded",
+            Err(CommandError::Unavailable(_) | CommandError::Lagging) => "unavailable",
+            Err(CommandError::Internal(_)) => "error",
+        };
+        metrics::counter!(crate::metrics::COMMANDS, "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(crate::metrics::COMMAND_DURATION, "aggregate" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn execute_within_capacity<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + 'static,
+        A::Command: Clone + Send,
+    {
+        // Beyond capacity a command is refused now rather than queued: queued commands only
+        // grow everyone's latency (each waits for the projector behind all the others).
+        let Ok(_in_flight) = self.commands_in_flight.try_acquire() else {
+            return Err(CommandError::Overloaded);
+        };
         let mut attempt = 0;
         let (committed, decided_on) = loop {
             attempt += 1;

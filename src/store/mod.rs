@@ -32,6 +32,9 @@ pub struct Store {
     /// The same database through the connections kept for background work.
     pub background: Db,
     pub projector: Arc<Projector>,
+    /// Permits for commands in flight (load shedding: beyond capacity a command is refused
+    /// at once with 503 instead of queueing without bound).
+    pub commands_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Store {
@@ -41,10 +44,12 @@ impl Store {
         migrate(&db).await?;
         let background = connect_pool(settings, BACKGROUND_CONNECTIONS).await?;
         let projector = Projector::new(background.clone());
+        let permits = settings.max_commands_in_flight as usize;
         Ok(Store {
             db,
             background,
             projector,
+            commands_in_flight: Arc::new(tokio::sync::Semaphore::new(permits)),
         })
     }
 }

@@ -188,6 +188,26 @@ async fn metrics_count_requests_sockets_and_the_projector(backend: Backend) {
         "no +Inf bucket:\n{text}"
     );
 
+    // Commands by aggregate and outcome: the sign-up ran at least one User command.
+    let commands = value(
+        &samples,
+        "commands_total",
+        &[("aggregate", "User"), ("outcome", "ok")],
+    );
+    assert!(
+        commands.is_some_and(|n| n >= 1.0),
+        "commands_total {commands:?}:\n{text}"
+    );
+    assert!(
+        value(
+            &samples,
+            "command_duration_seconds_count",
+            &[("aggregate", "User")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "no command latency:\n{text}"
+    );
+
     // Gauges read at scrape time.
     let sockets = value(&samples, "ws_sockets_open", &[]);
     assert!(

@@ -15,7 +15,8 @@ use crate::helpers::{account, unique_email, Backend, Server, TestDb};
 both_stores!(
     data_survives_a_restart,
     rebuilt_read_models_equal_the_live_ones,
-    concurrent_writes_to_one_aggregate_are_retried
+    concurrent_writes_to_one_aggregate_are_retried,
+    commands_beyond_capacity_are_refused_with_503
 );
 
 async fn data_survives_a_restart(backend: Backend) {
@@ -272,4 +273,69 @@ async fn a_late_commit_is_never_skipped() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Load shedding: with room for 2 commands in flight, a burst of 40 profile updates gets some
+/// 503s (envelope `unavailable`, `Retry-After: 1`) at once instead of queueing, the others
+/// succeed, and nothing else happens; once the burst is over, commands succeed again.
+async fn commands_beyond_capacity_are_refused_with_503(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start_with(&db, &[("TALKAMIE_MAX_COMMANDS_IN_FLIGHT", "2")]).await;
+    let (id, token, _) = server
+        .sign_up(&unique_email("shed"), "password-1", "senior")
+        .await;
+    let url = format!("{}/v1/user/{id}", server.base);
+    let mut refused = 0;
+    let mut succeeded = 0;
+    // A burst is concurrent enough to overflow 2 permits in practice; a few rounds make sure.
+    for round in 0..5 {
+        let burst = (0..40).map(|i| {
+            let request = server
+                .http
+                .put(&url)
+                .bearer_auth(&token)
+                .json(&json!({"bio": format!("round {round} update {i}")}));
+            async move {
+                let response = request.send().await.expect("request");
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap_or_default().to_string());
+                let body: serde_json::Value = response.json().await.expect("JSON body");
+                (status, retry_after, body)
+            }
+        });
+        for (status, retry_after, body) in futures_util::future::join_all(burst).await {
+            match status {
+                StatusCode::OK => succeeded += 1,
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    crate::helpers::assert_error(status, &body, 503, "unavailable");
+                    assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+                    refused += 1;
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(
+        refused > 0,
+        "no command was refused ({succeeded} succeeded)"
+    );
+    assert!(succeeded > 0, "every command was refused");
+    let (status, body) = server
+        .call(
+            "PUT",
+            &format!("/v1/user/{id}"),
+            Some(&token),
+            Some(json!({"bio": "after the burst"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["bio"], json!("after the burst"), "{body}");
 }
