@@ -21,9 +21,9 @@ use crate::ratelimit;
 use crate::state::AppState;
 
 /// Longest `clientId` accepted.
-const MAX_CLIENT_ID_CHARS: usize = 100;
+pub const MAX_CLIENT_ID_CHARS: usize = 100;
 /// Receipts one `chat.messages.update` may carry.
-const MAX_RECEIPTS: usize = 500;
+pub const MAX_RECEIPTS: usize = 500;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ChatsQuery {

@@ -249,43 +249,13 @@ impl Socket {
                 .await;
         }
         self.refused_in_a_row = 0;
-        let frame: Value = match serde_json::from_str(text) {
-            Ok(Value::Object(map)) => Value::Object(map),
-            Ok(_) => {
-                let error = ApiError::bad_request("a frame is a JSON object with an action");
-                return self
-                    .send_text(frames::error(&FrameId::default(), &error))
-                    .await;
-            }
-            Err(e) => {
-                let error = ApiError::invalid(json!({ "frame": e.to_string() }));
-                return self
-                    .send_text(frames::error(&FrameId::default(), &error))
-                    .await;
+        let frames::Incoming { id, action, frame } = match frames::parse(text) {
+            Ok(incoming) => incoming,
+            Err(refused) => {
+                let (id, error) = *refused;
+                return self.send_text(frames::error(&id, &error)).await;
             }
         };
-        let id = FrameId {
-            action: frame.get("action").cloned().unwrap_or(Value::Null),
-            request_id: frame.get("requestId").cloned().unwrap_or(Value::Null),
-        };
-        let Some(action) = frame
-            .get("action")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-        else {
-            let error = ApiError::invalid(json!({ "action": "is required (a string)" }));
-            return self.send_text(frames::error(&id, &error)).await;
-        };
-        // PostgreSQL text cannot hold U+0000: a NUL that reached a lookup or an event was a
-        // 500, and one in a sealed field (`user.update` with `name: "a\u0000b"`) stopped the
-        // projector for good (every later command answered 503). No field of any action
-        // takes it, so it is refused here, for every action at once.
-        if holds_nul(&frame) {
-            let error = ApiError::invalid(
-                json!({ "frame": "text must not contain the NUL character (U+0000)" }),
-            );
-            return self.send_text(frames::error(&id, &error)).await;
-        }
         match self.dispatch(&action, frame).await {
             Ok(Some(data)) => self.send_text(frames::reply(&id, data)).await,
             Ok(None) => Flow::Continue,
@@ -535,16 +505,6 @@ async fn next_row(feed: &mut Option<Feed>) -> Option<Arc<FeedRow>> {
     match feed {
         Some(feed) => feed.rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Whether any string or key anywhere in `value` holds a NUL character.
-fn holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
     }
 }
 
