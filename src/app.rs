@@ -168,7 +168,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .route("/openapi.json", web::get().to(http::openapi_json))
             .service(Scalar::with_url("/docs", api.clone()))
             .default_service(web::to(http::fallback))
-            // Innermost, so it sees the matched route and the status the client gets.
+            // Before any handler: 400 for a NUL in the path, query or JSON body (PostgreSQL
+            // text cannot hold U+0000). Inside the metrics, which count its answers.
+            .wrap(middleware::from_fn(http::guard::refuse_nul))
+            // Innermost but for the guard, so it sees the matched route and the status sent.
             .wrap(middleware::from_fn(crate::metrics::track))
             .wrap_fn(|req, srv| {
                 let fut = srv.call(req);

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod envelope;
 pub mod files;
 pub mod finance;
+pub mod guard;
 pub mod health;
 pub mod otp;
 pub mod pagination;

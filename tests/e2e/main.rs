@@ -15,6 +15,7 @@ mod db_faults;
 mod discovery;
 mod errors;
 mod files;
+mod hostile;
 mod instances;
 mod ledger;
 mod metrics;
