@@ -18,6 +18,7 @@ mod files;
 mod hostile;
 mod instances;
 mod ledger;
+mod limits;
 mod metrics;
 mod profiles;
 mod push;
