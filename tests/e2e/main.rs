@@ -14,6 +14,7 @@ mod crash;
 mod db_faults;
 mod discovery;
 mod errors;
+mod failover;
 mod files;
 mod hostile;
 mod instances;
