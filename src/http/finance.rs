@@ -89,7 +89,10 @@ pub struct TopUpBody {
 /// volunteers; admins have no wallet).
 /// With `Idempotency-Key`, a retry answers the session of the first request.
 #[utoipa::path(tag = "finance", security(("bearer" = [])), request_body = TopUpBody,
-    responses((status = 201, description = "{session:{id,url}, transaction}")))]
+    responses((status = 201, description = "{session:{id,url}, transaction}"),
+              (status = 403, description = "admins have no wallet"),
+              (status = 422, description = "below_minimum: fewer coins than minPurchaseCoins"),
+              (status = 502, description = "provider_unavailable: the payment provider refused")))]
 #[post("/v1/web/finance/top-up/session")]
 pub async fn top_up_session(
     state: web::Data<AppState>,
@@ -181,7 +184,10 @@ pub struct WithdrawBody {
 /// transaction is `pending` until the payout provider settles it (`succeeded`, or `failed` and
 /// refunded). With `Idempotency-Key`, a retry answers the first transaction.
 #[utoipa::path(tag = "finance", security(("bearer" = [])), request_body = WithdrawBody,
-    responses((status = 201, description = "{transaction}")))]
+    responses((status = 201, description = "{transaction}"),
+              (status = 403, description = "volunteers only"),
+              (status = 409, description = "insufficient_coins, withdrawal_in_flight"),
+              (status = 422, description = "below_minimum, over_limit (withdrawalLimitCoins30d)")))]
 #[post("/v1/finance/withdraw")]
 pub async fn withdraw(
     state: web::Data<AppState>,

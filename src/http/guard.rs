@@ -1,10 +1,11 @@
 //! One guard for every request: the NUL character (U+0000) is refused in the path, the query
-//! and JSON bodies with 400 `invalid_input`, before any handler runs.
+//! and JSON bodies, before any handler runs. A path with a NUL names nothing (no id can hold
+//! one): 404 `not_found`, as for any unknown id. A query or body with one: 400 `invalid_input`.
 //!
 //! Why: PostgreSQL `text` (and `json`) cannot hold U+0000. A NUL that reached a query or an
-//! insert failed there with a 500 (`GET /v1/user/no%00such`, an interest name or a meta key with
-//! `\u0000`), or, stored sealed, stopped the projector. Refusing it once, here, covers every
-//! route and field, present and future, and answers the same on SQLite.
+//! insert failed there with a 500 (`GET /v1/user/no%00such`, a `keyword`, an interest name or a
+//! meta key with `\u0000`), or, stored sealed, stopped the projector. Refusing it once, here,
+//! covers every route and field, present and future, and answers the same on SQLite.
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -21,23 +22,26 @@ use super::JSON_LIMIT_BYTES;
 
 const NUL_PROBLEM: &str = "must not contain the NUL character (U+0000)";
 
-/// Middleware (`middleware::from_fn`): 400 for a NUL in the path, the query or a JSON body.
+/// Middleware (`middleware::from_fn`): 404 for a NUL in the path, 400 in the query or a JSON
+/// body.
 pub async fn refuse_nul(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     // The raw request line cannot carry a NUL byte; it arrives percent-encoded.
-    let field = if req.uri().path().contains("%00") {
-        Some("path")
+    let refused = if req.uri().path().contains("%00") {
+        Some(ApiError {
+            details: Some(json!({ "path": NUL_PROBLEM })),
+            ..ApiError::not_found("resource")
+        })
     } else if req.query_string().contains("%00") {
-        Some("query")
+        Some(ApiError::invalid(json!({ "query": NUL_PROBLEM })))
     } else if body_is_json(&req) && json_has_nul(&mut req).await {
-        Some("body")
+        Some(ApiError::invalid(json!({ "body": NUL_PROBLEM })))
     } else {
         None
     };
-    if let Some(field) = field {
-        let refused = ApiError::invalid(json!({ field: NUL_PROBLEM }));
+    if let Some(refused) = refused {
         return Ok(req.error_response(refused));
     }
     Ok(next.call(req).await?.map_into_boxed_body())

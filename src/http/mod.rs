@@ -22,6 +22,7 @@ pub mod profile;
 pub mod push;
 pub mod reviews;
 pub mod schedules;
+pub mod spec;
 pub mod support;
 pub mod users;
 pub mod validate;
@@ -154,15 +155,17 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(catalogs::add_interest);
 }
 
-/// The OpenAPI document of [`routes`].
+/// The OpenAPI document of [`routes`], with the answers every operation shares ([`spec`]).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa_actix_web::AppExt;
-    actix_web::App::new()
+    let mut api = actix_web::App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
         .configure(routes)
         .split_for_parts()
-        .1
+        .1;
+    spec::document_common_answers(&mut api);
+    api
 }
 
 /// Paths the server knows, to tell "wrong method" (405) from "no such route" (404).

@@ -182,7 +182,8 @@ fn dollars(cents: i64) -> String {
 }
 
 /// The sandbox checkout page of a session: what is bought, for how much, Pay and Cancel.
-#[utoipa::path(tag = "finance", responses((status = 200, description = "HTML page"), (status = 404)))]
+#[utoipa::path(tag = "finance", responses((status = 200, description = "HTML page"),
+    (status = 404, description = "HTML page: unknown payment session")))]
 #[get("/v1/sandbox/checkout/{id}")]
 pub async fn checkout_page(state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     let session = match sandbox_session(&state, &id).await {
@@ -214,14 +215,20 @@ pub async fn checkout_page(state: web::Data<AppState>, id: web::Path<String>) ->
 }
 
 /// Pay: the sandbox sends the signed `checkout.session.completed` webhook to this server.
-#[utoipa::path(tag = "finance", responses((status = 200, description = "HTML page"), (status = 409, description = "closed")))]
+#[utoipa::path(tag = "finance", responses((status = 200, description = "HTML page"),
+    (status = 404, description = "HTML page: unknown payment session"),
+    (status = 409, description = "HTML page: the payment is closed"),
+    (status = 502, description = "HTML page: the webhook could not be delivered")))]
 #[post("/v1/sandbox/checkout/{id}/pay")]
 pub async fn checkout_pay(state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     finish_checkout(&state, &id, true).await
 }
 
 /// Cancel: the sandbox sends the signed cancel webhook.
-#[utoipa::path(tag = "finance", responses((status = 200, description = "HTML page"), (status = 409, description = "closed")))]
+#[utoipa::path(tag = "finance", responses((status = 200, description = "HTML page"),
+    (status = 404, description = "HTML page: unknown payment session"),
+    (status = 409, description = "HTML page: the payment is closed"),
+    (status = 502, description = "HTML page: the webhook could not be delivered")))]
 #[post("/v1/sandbox/checkout/{id}/cancel")]
 pub async fn checkout_cancel(state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     finish_checkout(&state, &id, false).await

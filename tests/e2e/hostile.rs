@@ -1,7 +1,7 @@
-//! Hostile input found by schemathesis (issue 9 item 5): the NUL character (U+0000) anywhere in
-//! the path, the query or a JSON body is a 400 envelope on both stores. PostgreSQL text cannot
-//! hold it: before the central guard these were 500s there (and a stored one could stop the
-//! projector).
+//! Hostile input (issue 9 item 5, schemathesis): the NUL character (U+0000) in the path is a
+//! 404 envelope (it names nothing), in the query or anywhere in a JSON body a 400, on both
+//! stores. PostgreSQL text cannot hold it: before the central guard these were 500s there (and a
+//! stored one could stop the projector).
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -41,11 +41,26 @@ async fn nul_characters_are_refused_everywhere(backend: Backend) {
         assert!(body["details"][field].is_string(), "{body}");
     };
 
-    // Path and query.
-    let (status, body) = server.get("/v1/user/no%00such", Some(token)).await;
-    refused(status, &body, "path");
-    let (status, body) = server.get("/v1/chat/%00", Some(token)).await;
-    refused(status, &body, "path");
+    // Path (no id holds a NUL: not found, whatever the route) and query.
+    for path in [
+        "/v1/user/no%00such".to_string(),
+        "/v1/chat/%00".to_string(),
+        format!("/v1/user/{me}%00"),
+        "/v1/no%00such/route".to_string(),
+    ] {
+        let (status, body) = server.get(&path, Some(token)).await;
+        assert_error(status, &body, 404, "not_found");
+        assert!(body["details"]["path"].is_string(), "{body}");
+    }
+    let (status, body) = server
+        .call(
+            "PUT",
+            &format!("/v1/user/{me}%00"),
+            Some(token),
+            Some(json!({"bio": "hi"})),
+        )
+        .await;
+    assert_error(status, &body, 404, "not_found");
     let (status, body) = server.get("/v1/users?keyword=a%00b", Some(token)).await;
     refused(status, &body, "query");
     let (status, body) = server.get("/v1/interests?keyword=%00", None).await;
