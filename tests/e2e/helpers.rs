@@ -461,17 +461,25 @@ impl TestDb {
 }
 
 impl Server {
+    /// `from` asks `to` to connect (each `(id, token)`); the raw answer.
+    pub async fn request_connection(
+        &self,
+        from: &(String, String),
+        to: &(String, String),
+    ) -> (StatusCode, Value) {
+        self.call(
+            "POST",
+            &format!("/v1/user/{}/connection", to.0),
+            Some(&from.1),
+            None,
+        )
+        .await
+    }
+
     /// Connects `senior` with `volunteer` (each `(id, token)`): request and accept; returns the
     /// chat id.
     pub async fn connect(&self, senior: &(String, String), volunteer: &(String, String)) -> String {
-        let (status, body) = self
-            .call(
-                "POST",
-                &format!("/v1/user/{}/connection", volunteer.0),
-                Some(&senior.1),
-                None,
-            )
-            .await;
+        let (status, body) = self.request_connection(senior, volunteer).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let (status, body) = self
             .call(

@@ -85,14 +85,7 @@ async fn accept_and_cancel_of_one_request_have_one_winner(backend: Backend) {
         let volunteer = user(&server, "volunteer").await;
         let (mut s_ws, _) = server.ws_authenticated(&senior.1, None).await;
         let (mut v_ws, _) = server.ws_authenticated(&volunteer.1, None).await;
-        let (status, body) = server
-            .call(
-                "POST",
-                &format!("/v1/user/{}/connection", volunteer.0),
-                Some(&senior.1),
-                None,
-            )
-            .await;
+        let (status, body) = server.request_connection(&senior, &volunteer).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let request_id = body["data"]["id"].as_str().expect("id").to_string();
         let chat_id = pair_id(&senior.0, &volunteer.0);
@@ -239,14 +232,7 @@ async fn accept_and_cancel_of_one_request_have_one_winner(backend: Backend) {
 
         // The pair is not stuck: after a cancel a new request goes through; after an accept
         // it is refused as already connected.
-        let (status, body) = server
-            .call(
-                "POST",
-                &format!("/v1/user/{}/connection", volunteer.0),
-                Some(&senior.1),
-                None,
-            )
-            .await;
+        let (status, body) = server.request_connection(&senior, &volunteer).await;
         if accepted {
             assert_clean_loss(status, &body, &["already_exists"]);
         } else {
