@@ -52,7 +52,8 @@ pub async fn pair(server: &Server, db: &TestDb, coins: i64) -> Pair {
     }
 }
 
-async fn advance(servers: &[&Server], admin: &str, seconds: i64) {
+/// Moves the clock of each of `servers` forward (`POST /v1/admin/clock`).
+pub async fn advance(servers: &[&Server], admin: &str, seconds: i64) {
     for server in servers {
         let (status, body) = server
             .post(

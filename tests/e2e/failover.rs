@@ -21,7 +21,8 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Backend, Server, TestDb};
+use crate::calls::advance;
+use crate::helpers::{Backend, TestDb};
 use crate::ledger::{balance, fund, ledger_server, user};
 use crate::schedules::verified_volunteer;
 
@@ -251,20 +252,6 @@ async fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     true
-}
-
-/// Moves the clock of each of `servers` forward.
-async fn advance(servers: &[&Server], admin: &str, seconds: i64) {
-    for server in servers {
-        let (status, body) = server
-            .post(
-                "/v1/admin/clock",
-                Some(admin),
-                json!({"advanceSeconds": seconds}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
 }
 
 fn iso(at: DateTime<Utc>) -> String {
