@@ -99,6 +99,8 @@ pub struct Settings {
     pub chat_messages_per_minute: u32,
     /// Commands one instance works on at once; more are refused at once with 503.
     pub max_commands_in_flight: u32,
+    /// Aggregates kept in memory between commands (0: load every one from the store).
+    pub aggregate_cache: usize,
     pub coins: CoinSettings,
     pub storage: StorageKind,
     pub ledger: LedgerSettings,
@@ -333,6 +335,8 @@ impl Settings {
             ws_frames_per_second: rate("TALKAMIE_WS_FRAMES_PER_SECOND", 20)?,
             chat_messages_per_minute: rate("TALKAMIE_CHAT_MESSAGES_PER_MINUTE", 120)?,
             max_commands_in_flight: rate("TALKAMIE_MAX_COMMANDS_IN_FLIGHT", 128)?,
+            aggregate_cache: usize::try_from(seconds("TALKAMIE_AGGREGATE_CACHE", 10_000)?)
+                .context("TALKAMIE_AGGREGATE_CACHE is too large")?,
         })
     }
 

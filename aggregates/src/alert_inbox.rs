@@ -38,7 +38,7 @@ pub enum AlertInboxError {
     TooMany,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct AlertInbox;
 
 impl Aggregate for AlertInbox {

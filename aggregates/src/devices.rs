@@ -85,7 +85,7 @@ domain_event!(DevicesEvent, "1");
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DevicesError {}
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct PushDevices {
     /// Token hashes, registered longest ago first.
     devices: Vec<String>,

@@ -32,7 +32,7 @@ pub enum EmailClaimError {
     AlreadyClaimed,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct EmailClaim {
     owner: Option<String>,
 }

@@ -52,7 +52,7 @@ pub enum OtpError {
     TooManyTries,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Otp {
     code_hash: Option<String>,
     expires_at: Option<DateTime<Utc>>,

@@ -88,7 +88,7 @@ struct LiveReview {
     text: String,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Review {
     live: Option<LiveReview>,
 }

@@ -135,7 +135,7 @@ struct Ticket {
     read: BTreeMap<Side, u64>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct SupportDesk {
     tickets: BTreeMap<String, Ticket>,
 }

@@ -1,13 +1,15 @@
 //! The contract's chat shapes (`basic_chat`, `full_chat`), rendered for one member from the
 //! chats read model, for answers and for pushes alike.
 
+use std::collections::HashMap;
+
 use serde_json::{json, Value};
 
 use crate::chats::{self, ChatView, MessageRow};
 use crate::db::Source;
 use crate::profiles::Reader;
-use crate::relations::{self, iso};
-use crate::users;
+use crate::relations::{self, iso, Relation};
+use crate::users::{self, UserRecord};
 
 /// Whether `user_id` has an open socket on any live instance (the presence table).
 pub async fn online(source: Source<'_>, user_id: &str) -> Result<bool, sqlx::Error> {
@@ -41,17 +43,35 @@ pub async fn basic_chat_knowing(
         std::slice::from_ref(&view.other_id),
     )
     .await?;
-    let reader = Reader::user(&view.user_id, false).with_relations(relations);
-    let user = match other {
-        Some(other) => other.basic(&reader, online),
-        None => json!({ "id": view.other_id }),
-    };
     let last_message = match (&view.last_message_id, known) {
         (Some(id), Some(message)) if *id == message.id => Some(message.to_json()),
         (Some(id), _) => chats::message(source.reborrow(), id)
             .await?
             .map(|m| m.to_json()),
         (None, _) => None,
+    };
+    Ok(render_basic_chat(
+        view,
+        other.as_ref(),
+        relations,
+        online,
+        last_message,
+    ))
+}
+
+/// `basic_chat` from what it is made of: the member's view, the other member's row (`None`
+/// once gone), the member's relation to them, whether they are online, the last message.
+pub fn render_basic_chat(
+    view: &ChatView,
+    other: Option<&UserRecord>,
+    relations: HashMap<String, Relation>,
+    online: bool,
+    last_message: Option<Value>,
+) -> Value {
+    let reader = Reader::user(&view.user_id, false).with_relations(relations);
+    let user = match other {
+        Some(other) => other.basic(&reader, online),
+        None => json!({ "id": view.other_id }),
     };
     let mut chat = json!({
         "id": view.id,
@@ -66,7 +86,7 @@ pub async fn basic_chat_knowing(
     if !request.is_null() {
         chat["request"] = request;
     }
-    Ok(chat)
+    chat
 }
 
 /// `full_chat`: `basic_chat` plus `members`, `connectRequest` (the pair's latest),

@@ -433,6 +433,23 @@ pub async fn find_for_member(
     })
 }
 
+/// `find_for_member`, but `None` also when the other member's account is gone (one round
+/// trip: every message sent checks it).
+pub async fn find_for_member_with_other(
+    source: Source<'_>,
+    chat_id: &str,
+    user_id: &str,
+) -> Result<Option<ChatView>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {CHAT_VIEW_COLUMNS} FROM chats c JOIN chat_members m ON m.chat_id = c.id
+          WHERE c.id = $1 AND m.user_id = $2
+            AND EXISTS (SELECT 1 FROM users u WHERE u.id = m.other_id AND u.deleted_at IS NULL)"
+    );
+    with_source!(source, conn => {
+        sqlx::query_as::<_, ChatView>(&sql).bind(chat_id).bind(user_id).fetch_optional(conn).await
+    })
+}
+
 /// The chat as each of its members sees it, ordered by member id.
 pub async fn views_of_chat(
     source: Source<'_>,
@@ -444,6 +461,28 @@ pub async fn views_of_chat(
     );
     with_source!(source, conn => {
         sqlx::query_as::<_, ChatView>(&sql).bind(chat_id).fetch_all(conn).await
+    })
+}
+
+/// Every member's view of each of `chat_ids`, ordered by chat and member id.
+pub async fn views_of_chats(
+    source: Source<'_>,
+    chat_ids: &[String],
+) -> Result<Vec<ChatView>, sqlx::Error> {
+    if chat_ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT {CHAT_VIEW_COLUMNS} FROM chats c JOIN chat_members m ON m.chat_id = c.id
+          WHERE c.id IN ({}) ORDER BY c.id, m.user_id",
+        placeholders(1, chat_ids.len())
+    );
+    with_source!(source, conn => {
+        let mut query = sqlx::query_as::<_, ChatView>(&sql);
+        for id in chat_ids {
+            query = query.bind(id);
+        }
+        query.fetch_all(conn).await
     })
 }
 

@@ -36,27 +36,31 @@ pub struct FeedRow {
 }
 
 /// Writes the pushes an event causes; returns how many rows it wrote.
-pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+pub async fn apply(
+    tx: &mut DbTx,
+    out: &mut Pushes,
+    event: &StoredEvent,
+) -> Result<usize, ProjectionError> {
     if is_pair_event(event) {
-        return pair_pushes(tx, event).await;
+        return pair_pushes(tx, out, event).await;
     }
     if ledger::is_wallet_event(event) {
-        return wallet_pushes(tx, event).await;
+        return wallet_pushes(tx, out, event).await;
     }
     if event.aggregate_type == <AlertInbox as cqrs_es::Aggregate>::TYPE {
-        return inbox_pushes(tx, event).await;
+        return inbox_pushes(tx, out, event).await;
     }
     if schedules::is_calendar_event(event) {
-        return calendar_pushes(tx, event).await;
+        return calendar_pushes(tx, out, event).await;
     }
     if calls::is_call_event(event) {
-        return call_pushes(tx, event).await;
+        return call_pushes(tx, out, event).await;
     }
     if reviews::is_review_event(event) {
-        return review_pushes(tx, event).await;
+        return review_pushes(tx, out, event).await;
     }
     if support::is_support_event(event) {
-        return support_pushes(tx, event).await;
+        return support_pushes(tx, out, event).await;
     }
     if event.aggregate_type != <User as cqrs_es::Aggregate>::TYPE {
         return Ok(0);
@@ -70,6 +74,8 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projecti
         // The deleted user's pushes held their profile: purge them. `session.ended` rows hold
         // nothing personal and must still reach (and close) the user's sockets.
         UserEvent::UserDeleted { .. } => {
+            // Pushes rendered earlier in this round are purged too.
+            out.flush(tx).await?;
             with_tx!(tx, conn => {
                 sqlx::query("DELETE FROM feed WHERE user_id = $1 AND action <> $2")
                     .bind(user_id)
@@ -85,12 +91,12 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projecti
             session_id, reason, ..
         } => {
             let payload = json!({ "sessionId": session_id, "reason": reason.as_str() });
-            push(tx, user_id, SESSION_ENDED, &payload, event.recorded_at).await?;
+            out.add(user_id, SESSION_ENDED, &payload, event.recorded_at);
             return Ok(1);
         }
         _ => return Ok(0),
     }
-    user_update(tx, user_id, event.recorded_at).await
+    user_update(tx, out, user_id, event.recorded_at).await
 }
 
 /// The user's `extended_user` as it is at `at` (none once deleted).
@@ -115,6 +121,7 @@ async fn extended_user(
 /// `user.update` with the user's `extended_user` as it is now.
 async fn user_update(
     tx: &mut DbTx,
+    out: &mut Pushes,
     user_id: &str,
     at: DateTime<Utc>,
 ) -> Result<usize, ProjectionError> {
@@ -122,7 +129,7 @@ async fn user_update(
         return Ok(0);
     };
     let payload = json!({ "user": rendered });
-    push(tx, user_id, "user.update", &payload, at).await?;
+    out.add(user_id, "user.update", &payload, at);
     Ok(1)
 }
 
@@ -144,6 +151,7 @@ async fn render_chat(
 /// `chat.update` with the chat as `user_id` sees it.
 async fn chat_update(
     tx: &mut DbTx,
+    out: &mut Pushes,
     chat_id: &str,
     user_id: &str,
     at: DateTime<Utc>,
@@ -151,13 +159,14 @@ async fn chat_update(
     let Some(chat) = render_chat(tx, chat_id, user_id).await? else {
         return Ok(0);
     };
-    push(tx, user_id, "chat.update", &json!({ "chat": chat }), at).await?;
+    out.add(user_id, "chat.update", &json!({ "chat": chat }), at);
     Ok(1)
 }
 
 /// `chats.update` for one chat of `user_id`, with the user's unread chat count.
 async fn chats_update(
     tx: &mut DbTx,
+    out: &mut Pushes,
     chat_id: &str,
     user_id: &str,
     at: DateTime<Utc>,
@@ -170,7 +179,7 @@ async fn chats_update(
         "chatsMap": { chat_id: chat },
         "viewer": {"id": user_id, "totalUnreadChats": unread_chats},
     });
-    push(tx, user_id, "chats.update", &payload, at).await?;
+    out.add(user_id, "chats.update", &payload, at);
     Ok(1)
 }
 
@@ -178,6 +187,7 @@ async fn chats_update(
 /// sockets), with that member's unread counts.
 async fn message_new(
     tx: &mut DbTx,
+    out: &mut Pushes,
     chat_id: &str,
     message_id: &str,
     user_id: &str,
@@ -195,7 +205,7 @@ async fn message_new(
         "message": message.to_json(),
         "viewer": {"id": user_id, "totalUnreadChats": unread_chats},
     });
-    push(tx, user_id, "chat.message.new", &payload, at).await?;
+    out.add(user_id, "chat.message.new", &payload, at);
     Ok(1)
 }
 
@@ -205,6 +215,7 @@ async fn message_new(
 /// applies events one at a time, so each read is a round trip on its serial path).
 async fn message_sent_pushes(
     tx: &mut DbTx,
+    out: &mut Pushes,
     chat_id: &str,
     message_id: &str,
     sender: &str,
@@ -227,14 +238,14 @@ async fn message_sent_pushes(
             "message": message.to_json(),
             "viewer": viewer,
         });
-        push(tx, &view.user_id, "chat.message.new", &payload, at).await?;
+        out.add(&view.user_id, "chat.message.new", &payload, at);
         written += 1;
         if view.user_id != sender {
             let online = chat_views::online(tx.into(), &view.other_id).await?;
             let chat =
                 chat_views::basic_chat_knowing(tx.into(), view, online, Some(&message)).await?;
             let payload = json!({ "chatsMap": { chat_id: chat }, "viewer": viewer });
-            push(tx, &view.user_id, "chats.update", &payload, at).await?;
+            out.add(&view.user_id, "chats.update", &payload, at);
             written += 1;
         }
     }
@@ -242,7 +253,11 @@ async fn message_sent_pushes(
 }
 
 /// `alert.new` / `alert.update` for the alerts the event created or changed.
-async fn alert_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+async fn alert_pushes(
+    tx: &mut DbTx,
+    out: &mut Pushes,
+    event: &StoredEvent,
+) -> Result<usize, ProjectionError> {
     let mut written = 0;
     for alert in alerts::changed_at(tx.into(), event.position).await? {
         let action = if alert.created_position == event.position {
@@ -251,7 +266,7 @@ async fn alert_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Proje
             "alert.update"
         };
         let payload = json!({ "alert": alert.to_json() });
-        push(tx, &alert.user_id, action, &payload, event.recorded_at).await?;
+        out.add(&alert.user_id, action, &payload, event.recorded_at);
         written += 1;
     }
     Ok(written)
@@ -271,8 +286,12 @@ async fn basic_user_for(
 
 /// The pushes of a Calendar event: schedule alerts, the volunteer's `user.update` when their
 /// availability or booked slots changed, and `schedule.upcoming` to both sides of a reminder.
-async fn calendar_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
-    let mut written = alert_pushes(tx, event).await?;
+async fn calendar_pushes(
+    tx: &mut DbTx,
+    out: &mut Pushes,
+    event: &StoredEvent,
+) -> Result<usize, ProjectionError> {
+    let mut written = alert_pushes(tx, out, event).await?;
     let at = event.recorded_at;
     match event.decode::<CalendarEvent>()? {
         CalendarEvent::Reminded {
@@ -295,7 +314,7 @@ async fn calendar_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Pr
                     "schedule": schedule.to_json(now, attendee),
                     "startsInSeconds": starts_in,
                 });
-                push(tx, viewer, "schedule.upcoming", &payload, at).await?;
+                out.add(viewer, "schedule.upcoming", &payload, at);
                 written += 1;
             }
         }
@@ -303,7 +322,7 @@ async fn calendar_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Pr
         | CalendarEvent::CustomAvailabilitySet { .. }
         | CalendarEvent::Booked { host: true, .. }
         | CalendarEvent::Released { host: true, .. } => {
-            written += user_update(tx, &event.aggregate_id, at).await?;
+            written += user_update(tx, out, &event.aggregate_id, at).await?;
         }
         _ => {}
     }
@@ -314,7 +333,11 @@ async fn calendar_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Pr
 /// rejected, missed) to both sides, and `call.ended` with each side's updated user once the call
 /// is billed (so `me` shows the new balance), plus `user.coins.low` when the senior's balance
 /// fell below the threshold.
-async fn call_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+async fn call_pushes(
+    tx: &mut DbTx,
+    out: &mut Pushes,
+    event: &StoredEvent,
+) -> Result<usize, ProjectionError> {
     let at = event.recorded_at;
     let change = event.decode::<CallEvent>()?;
     let Some(call) = calls::find(tx.into(), &event.aggregate_id).await? else {
@@ -345,7 +368,7 @@ async fn call_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
         if action == "call.ended" {
             payload["me"] = extended_user(tx, viewer, at).await?.unwrap_or(Value::Null);
         }
-        push(tx, viewer, action, &payload, at).await?;
+        out.add(viewer, action, &payload, at);
         written += 1;
     }
     if change.crossed_low_balance() {
@@ -356,7 +379,7 @@ async fn call_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
         } = change
         {
             let payload = json!({ "balance": balance_after, "lowBalanceCoins": low_balance_coins });
-            push(tx, &call.caller_id, "user.coins.low", &payload, at).await?;
+            out.add(&call.caller_id, "user.coins.low", &payload, at);
             written += 1;
         }
     }
@@ -365,23 +388,31 @@ async fn call_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
 
 /// The pushes of a Review event: the ratee's `review` alert and their `user.update` (the
 /// rating and the alert count changed).
-async fn review_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
-    let mut written = alert_pushes(tx, event).await?;
+async fn review_pushes(
+    tx: &mut DbTx,
+    out: &mut Pushes,
+    event: &StoredEvent,
+) -> Result<usize, ProjectionError> {
+    let mut written = alert_pushes(tx, out, event).await?;
     // The stream id is `rater:ratee` (the review row is gone after a delete).
     if let Some((_, ratee)) = event.aggregate_id.split_once(':') {
-        written += user_update(tx, ratee, event.recorded_at).await?;
+        written += user_update(tx, out, ratee, event.recorded_at).await?;
     }
     Ok(written)
 }
 
 /// The pushes of a SupportDesk event: messages and receipts to the ticket's user and to every
 /// admin (any of them may answer), and the user's `user.update` when their open ticket changed.
-async fn support_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+async fn support_pushes(
+    tx: &mut DbTx,
+    out: &mut Pushes,
+    event: &StoredEvent,
+) -> Result<usize, ProjectionError> {
     let at = event.recorded_at;
     let owner = event.aggregate_id.as_str();
     let (action, ticket_id, payload) = match event.decode::<SupportEvent>()? {
         SupportEvent::TicketOpened { .. } | SupportEvent::TicketClosed { .. } => {
-            return user_update(tx, owner, at).await;
+            return user_update(tx, out, owner, at).await;
         }
         SupportEvent::SupportMessagePosted {
             ticket_id,
@@ -418,29 +449,37 @@ async fn support_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Pro
         "support push"
     );
     for user in &recipients {
-        push(tx, user, action, &payload, at).await?;
+        out.add(user, action, &payload, at);
     }
     Ok(recipients.len())
 }
 
 /// The pushes of a Wallet event: `transaction` alerts, then the owner's `user.update` when the
 /// balance or the alert count changed.
-async fn wallet_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
-    let alerts = alert_pushes(tx, event).await?;
+async fn wallet_pushes(
+    tx: &mut DbTx,
+    out: &mut Pushes,
+    event: &StoredEvent,
+) -> Result<usize, ProjectionError> {
+    let alerts = alert_pushes(tx, out, event).await?;
     let balance_changed = matches!(event.decode::<WalletEvent>()?, WalletEvent::Posted(_));
     if alerts == 0 && !balance_changed {
         return Ok(0);
     }
-    Ok(alerts + user_update(tx, &event.aggregate_id, event.recorded_at).await?)
+    Ok(alerts + user_update(tx, out, &event.aggregate_id, event.recorded_at).await?)
 }
 
 /// The pushes of a Pair event: alerts it created or changed, then the chat traffic.
-async fn pair_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+async fn pair_pushes(
+    tx: &mut DbTx,
+    out: &mut Pushes,
+    event: &StoredEvent,
+) -> Result<usize, ProjectionError> {
     let at = event.recorded_at;
     let chat_id = event.aggregate_id.as_str();
     let decoded = event.decode::<PairEvent>()?;
     let mut written = if alerts::pair_event_writes_alerts(&decoded) {
-        alert_pushes(tx, event).await?
+        alert_pushes(tx, out, event).await?
     } else {
         0
     };
@@ -448,31 +487,31 @@ async fn pair_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
         message_id, sender, ..
     } = &decoded
     {
-        return Ok(written + message_sent_pushes(tx, chat_id, message_id, sender, at).await?);
+        return Ok(written + message_sent_pushes(tx, out, chat_id, message_id, sender, at).await?);
     }
     let members = chats::members(tx.into(), chat_id).await?;
     match decoded {
         PairEvent::ConnectionRequested { from, to, .. } => {
-            written += user_update(tx, &to, at).await?;
-            written += user_update(tx, &from, at).await?;
+            written += user_update(tx, out, &to, at).await?;
+            written += user_update(tx, out, &from, at).await?;
         }
         PairEvent::ConnectionRequestCanceled { request_id, .. }
         | PairEvent::ConnectionRequestRejected { request_id, .. }
         | PairEvent::ConnectionAccepted { request_id, .. } => {
             if let Some(request) = chats::connect_request(tx.into(), &request_id).await? {
-                written += user_update(tx, &request.to_id, at).await?;
-                written += user_update(tx, &request.from_id, at).await?;
+                written += user_update(tx, out, &request.to_id, at).await?;
+                written += user_update(tx, out, &request.from_id, at).await?;
             }
         }
         PairEvent::ChatOpened { members, .. } => {
             for member in &members {
-                written += chat_update(tx, chat_id, member, at).await?;
+                written += chat_update(tx, out, chat_id, member, at).await?;
             }
         }
         PairEvent::Disconnected { .. } => {
             for member in &members {
-                written += chat_update(tx, chat_id, member, at).await?;
-                written += user_update(tx, member, at).await?;
+                written += chat_update(tx, out, chat_id, member, at).await?;
+                written += user_update(tx, out, member, at).await?;
             }
         }
         PairEvent::MessageRequested {
@@ -481,17 +520,17 @@ async fn pair_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
             to,
             ..
         } => {
-            written += message_new(tx, chat_id, &message_id, &to, at).await?;
-            written += message_new(tx, chat_id, &message_id, &from, at).await?;
-            written += chats_update(tx, chat_id, &to, at).await?;
-            written += user_update(tx, &to, at).await?;
+            written += message_new(tx, out, chat_id, &message_id, &to, at).await?;
+            written += message_new(tx, out, chat_id, &message_id, &from, at).await?;
+            written += chats_update(tx, out, chat_id, &to, at).await?;
+            written += user_update(tx, out, &to, at).await?;
         }
         PairEvent::MessageRequestCanceled { .. }
         | PairEvent::MessageRequestRejected { .. }
         | PairEvent::MessageRequestAccepted { .. } => {
             for member in &members {
-                written += chat_update(tx, chat_id, member, at).await?;
-                written += user_update(tx, member, at).await?;
+                written += chat_update(tx, out, chat_id, member, at).await?;
+                written += user_update(tx, out, member, at).await?;
             }
         }
         PairEvent::MessageSent { .. } => {}
@@ -507,18 +546,22 @@ async fn pair_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Projec
                     .collect();
                 let payload = json!({ "chat": {"id": chat_id}, "messagesMap": map });
                 for user in &members {
-                    push(tx, user, "chat.messages.update", &payload, at).await?;
+                    out.add(user, "chat.messages.update", &payload, at);
                     written += 1;
                 }
             }
-            written += chats_update(tx, chat_id, &member, at).await?;
+            written += chats_update(tx, out, chat_id, &member, at).await?;
         }
     }
     Ok(written)
 }
 
 /// Alerts read on one socket: every socket of the user learns it.
-async fn inbox_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, ProjectionError> {
+async fn inbox_pushes(
+    tx: &mut DbTx,
+    out: &mut Pushes,
+    event: &StoredEvent,
+) -> Result<usize, ProjectionError> {
     let AlertInboxEvent::AlertsRead { alert_ids, .. } = event.decode()?;
     let user_id = event.aggregate_id.as_str();
     let unread = alerts::total_unread(tx.into(), user_id).await?;
@@ -530,10 +573,79 @@ async fn inbox_pushes(tx: &mut DbTx, event: &StoredEvent) -> Result<usize, Proje
         "alertsMap": map,
         "viewer": {"id": user_id, "totalUnreadAlerts": unread},
     });
-    push(tx, user_id, "alerts.update", &payload, event.recorded_at).await?;
+    out.add(user_id, "alerts.update", &payload, event.recorded_at);
     Ok(1)
 }
 
+/// A push rendered in this round, not yet written.
+#[derive(Debug, Clone)]
+struct NewPush {
+    user_id: String,
+    action: String,
+    payload: Value,
+    at: DateTime<Utc>,
+}
+
+/// Rows per INSERT (4 parameters each: well under both stores' parameter limits).
+const ROWS_PER_INSERT: usize = 1000;
+
+/// The pushes a projector round renders, written together before it commits (one multi-row
+/// INSERT instead of a round trip per push on the projector's serial path). Rows keep the
+/// order they were added in, so feed positions follow the log.
+#[derive(Debug, Default)]
+pub struct Pushes {
+    pending: Vec<NewPush>,
+    written: usize,
+}
+
+impl Pushes {
+    pub fn add(&mut self, user_id: &str, action: &str, payload: &Value, at: DateTime<Utc>) {
+        self.pending.push(NewPush {
+            user_id: user_id.to_string(),
+            action: action.to_string(),
+            payload: payload.clone(),
+            at,
+        });
+    }
+
+    /// Pushes added in this round so far (written or not).
+    pub fn total(&self) -> usize {
+        self.written + self.pending.len()
+    }
+
+    /// Writes the pending pushes into `tx`.
+    pub async fn flush(&mut self, tx: &mut DbTx) -> Result<(), ProjectionError> {
+        for chunk in self.pending.chunks(ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(${}, ${}, ${}, ${})",
+                        4 * i + 1,
+                        4 * i + 2,
+                        4 * i + 3,
+                        4 * i + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO feed (user_id, action, payload, created_at) VALUES {}",
+                values.join(", ")
+            );
+            with_tx!(tx, conn => {
+                let mut query = sqlx::query(&sql);
+                for row in chunk {
+                    query = query.bind(&row.user_id).bind(&row.action).bind(Json(&row.payload)).bind(row.at);
+                }
+                query.execute(conn).await.map(|r| r.rows_affected())?
+            });
+        }
+        self.written += self.pending.len();
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+/// Writes one push at once (a relayed call signal, outside any round).
 pub(crate) async fn push(
     tx: &mut DbTx,
     user_id: &str,
@@ -541,17 +653,9 @@ pub(crate) async fn push(
     payload: &Value,
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
-    with_tx!(tx, conn => {
-        sqlx::query("INSERT INTO feed (user_id, action, payload, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(user_id)
-            .bind(action)
-            .bind(Json(payload))
-            .bind(at)
-            .execute(conn)
-            .await
-                    .map(|r| r.rows_affected())?
-    });
-    Ok(())
+    let mut pushes = Pushes::default();
+    pushes.add(user_id, action, payload, at);
+    pushes.flush(tx).await
 }
 
 type RawRow = (i64, String, String, Json<Value>, DateTime<Utc>);

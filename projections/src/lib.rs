@@ -14,6 +14,7 @@ pub mod directory;
 pub mod feed;
 pub mod ledger;
 pub mod log;
+pub mod message_runs;
 pub mod presence;
 pub mod profiles;
 pub mod projector;

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+use crate::feed::Pushes;
 use crate::log::{read_after, Checkpoint, StoredEvent};
+use crate::message_runs::{self, SentMessage};
 use crate::{
     alerts, calls, chats, feed, ledger, reviews, schedules, support, users, with_tx, Db, DbTx,
     ProjectionError,
@@ -98,7 +100,7 @@ impl Projection {
         self,
         tx: &mut DbTx,
         event: &StoredEvent,
-        effects: &mut BatchEffects,
+        pushes: &mut Pushes,
     ) -> Result<(), ProjectionError> {
         match self {
             Projection::Users => users::apply(tx, event).await,
@@ -109,11 +111,7 @@ impl Projection {
             Projection::Reviews => reviews::apply(tx, event).await,
             Projection::Support => support::apply(tx, event).await,
             Projection::Alerts => alerts::apply(tx, event).await,
-            Projection::Feed => {
-                let written = feed::apply(tx, event).await?;
-                effects.feed_rows += written;
-                Ok(())
-            }
+            Projection::Feed => feed::apply(tx, pushes, event).await.map(|_| ()),
         }
     }
 }
@@ -209,20 +207,44 @@ impl Projector {
         let loaded = checkpoints.clone();
         let lowest = checkpoints.values().copied().min().unwrap_or_default();
         let events = read_after(&mut tx, lowest, BATCH_SIZE).await?;
-        let mut effects = BatchEffects {
-            events: events.len(),
-            ..Default::default()
-        };
-        for event in &events {
+        let mut pushes = Pushes::default();
+        let messages: Vec<Option<SentMessage>> =
+            events.iter().map(SentMessage::from_event).collect();
+        let mut next = 0;
+        while next < events.len() {
+            let run_end = (next..events.len().min(next + message_runs::MAX_RUN))
+                .find(|&i| messages[i].is_none())
+                .unwrap_or_else(|| events.len().min(next + message_runs::MAX_RUN));
+            if run_end > next {
+                let (first, last) = (events[next].checkpoint(), events[run_end - 1].checkpoint());
+                if let Some(plan) = RunPlan::of(&checkpoints, first, last) {
+                    let run: Vec<SentMessage> =
+                        messages[next..run_end].iter().flatten().cloned().collect();
+                    let out = plan.feed.then_some(&mut pushes);
+                    message_runs::apply(&mut tx, &run, plan.chats, out).await?;
+                    for seen in checkpoints.values_mut() {
+                        *seen = (*seen).max(last);
+                    }
+                    next = run_end;
+                    continue;
+                }
+            }
+            let event = &events[next];
             let at = event.checkpoint();
             for projection in Projection::ALL {
                 let seen = checkpoints.entry(projection).or_default();
                 if *seen < at {
-                    projection.apply(&mut tx, event, &mut effects).await?;
+                    projection.apply(&mut tx, event, &mut pushes).await?;
                     *seen = at;
                 }
             }
+            next += 1;
         }
+        pushes.flush(&mut tx).await?;
+        let effects = BatchEffects {
+            events: events.len(),
+            feed_rows: pushes.total(),
+        };
         if !events.is_empty() {
             store_checkpoints(&mut tx, &loaded, &checkpoints).await?;
             if effects.feed_rows > 0 {
@@ -284,6 +306,39 @@ impl Projector {
         tx.commit().await?;
         self.catch_up().await?;
         Ok(chosen)
+    }
+}
+
+/// Which read models a run of sent messages goes to. A run is taken as a set only when every
+/// projection has seen all of it or none of it, and the feed never renders from chats that are
+/// already past the run; otherwise its events go one at a time.
+struct RunPlan {
+    chats: bool,
+    feed: bool,
+}
+
+impl RunPlan {
+    fn of(
+        checkpoints: &BTreeMap<Projection, Checkpoint>,
+        first: Checkpoint,
+        last: Checkpoint,
+    ) -> Option<RunPlan> {
+        let mut needs = BTreeMap::new();
+        for projection in Projection::ALL {
+            let seen = checkpoints.get(&projection).copied().unwrap_or_default();
+            if seen < first {
+                needs.insert(projection, true);
+            } else if seen >= last {
+                needs.insert(projection, false);
+            } else {
+                return None;
+            }
+        }
+        let plan = RunPlan {
+            chats: needs[&Projection::Chats],
+            feed: needs[&Projection::Feed],
+        };
+        (plan.chats || !plan.feed).then_some(plan)
     }
 }
 

@@ -45,10 +45,11 @@ pub fn iso(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// One row of the relations query: which part it answers (`kind`), the other user, and that
-/// part's columns (unused ones are NULL).
+/// One row of the relations queries: which part it answers (`kind`), the reader and the other
+/// user, and that part's columns (unused ones are NULL).
 type RelationRow = (
     String,
+    Option<String>,
     String,
     Option<String>,
     Option<String>,
@@ -64,35 +65,32 @@ pub async fn relations(
     reader: &str,
     others: &[String],
 ) -> Result<HashMap<String, Relation>, sqlx::Error> {
-    let mut out: HashMap<String, Relation> = others
-        .iter()
-        .map(|id| (id.clone(), Relation::default()))
-        .collect();
     if others.is_empty() {
-        return Ok(out);
+        return Ok(HashMap::new());
     }
     let list = placeholders(2, others.len());
     // `ord` orders the connect requests oldest first (the latest one wins below).
     let sql = format!(
-        "SELECT 'request' AS kind, CASE WHEN from_id = $1 THEN to_id ELSE from_id END AS other,
+        "SELECT 'request' AS kind, $1 AS reader,
+                CASE WHEN from_id = $1 THEN to_id ELSE from_id END AS other,
                 id AS a, status AS b, from_id AS c, CAST(NULL AS BIGINT) AS n,
                 created_at AS ord
            FROM connect_requests
           WHERE (from_id = $1 AND to_id IN ({list})) OR (to_id = $1 AND from_id IN ({list}))
          UNION ALL
-         SELECT 'chat', m.other_id, c.id, c.request_id, c.request_status, NULL, NULL
+         SELECT 'chat', $1, m.other_id, c.id, c.request_id, c.request_status, NULL, NULL
            FROM chat_members m JOIN chats c ON c.id = m.chat_id
           WHERE m.user_id = $1 AND m.other_id IN ({list})
          UNION ALL
-         SELECT 'connected', other_id, NULL, NULL, NULL, NULL, NULL
+         SELECT 'connected', $1, other_id, NULL, NULL, NULL, NULL, NULL
            FROM connections WHERE user_id = $1 AND other_id IN ({list})
          UNION ALL
-         SELECT 'connections', user_id, NULL, NULL, NULL, COUNT(*), NULL
+         SELECT 'connections', NULL, user_id, NULL, NULL, NULL, COUNT(*), NULL
            FROM connections WHERE user_id IN ({list}) GROUP BY user_id
          UNION ALL
-         SELECT 'review', ratee_id, id, NULL, NULL, NULL, NULL
+         SELECT 'review', $1, ratee_id, id, NULL, NULL, NULL, NULL
            FROM reviews WHERE rater_id = $1 AND ratee_id IN ({list})
-         ORDER BY 1, 7, 3"
+         ORDER BY 1, 8, 4"
     );
     let rows: Vec<RelationRow> = with_source!(source, conn => {
         let mut query = sqlx::query_as::<_, RelationRow>(&sql).bind(reader);
@@ -101,8 +99,78 @@ pub async fn relations(
         }
         query.fetch_all(conn).await?
     });
-    for (kind, other, a, b, c, n) in rows {
-        let Some(relation) = out.get_mut(&other) else {
+    let pairs: Vec<(String, String)> = others
+        .iter()
+        .map(|other| (reader.to_string(), other.clone()))
+        .collect();
+    Ok(fold(&pairs, rows)
+        .into_iter()
+        .map(|((_, other), relation)| (other, relation))
+        .collect())
+}
+
+/// The relations of each `(reader, other)` pair, in one round trip (a projector round renders
+/// the chats of many readers at once).
+pub async fn between(
+    source: Source<'_>,
+    pairs: &[(String, String)],
+) -> Result<HashMap<(String, String), Relation>, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let values: Vec<String> = (0..pairs.len())
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let sql = format!(
+        "WITH p (reader, other) AS (VALUES {})
+         SELECT 'request' AS kind, p.reader, p.other, r.id AS a, r.status AS b, r.from_id AS c,
+                CAST(NULL AS BIGINT) AS n, r.created_at AS ord
+           FROM p JOIN connect_requests r
+             ON (r.from_id = p.reader AND r.to_id = p.other)
+             OR (r.to_id = p.reader AND r.from_id = p.other)
+         UNION ALL
+         SELECT 'chat', p.reader, p.other, c.id, c.request_id, c.request_status, NULL, NULL
+           FROM p JOIN chat_members m ON m.user_id = p.reader AND m.other_id = p.other
+           JOIN chats c ON c.id = m.chat_id
+         UNION ALL
+         SELECT 'connected', p.reader, p.other, NULL, NULL, NULL, NULL, NULL
+           FROM p JOIN connections k ON k.user_id = p.reader AND k.other_id = p.other
+         UNION ALL
+         SELECT 'connections', NULL, user_id, NULL, NULL, NULL, COUNT(*), NULL
+           FROM connections WHERE user_id IN (SELECT other FROM p) GROUP BY user_id
+         UNION ALL
+         SELECT 'review', p.reader, p.other, v.id, NULL, NULL, NULL, NULL
+           FROM p JOIN reviews v ON v.rater_id = p.reader AND v.ratee_id = p.other
+         ORDER BY 1, 8, 4",
+        values.join(", ")
+    );
+    let rows: Vec<RelationRow> = with_source!(source, conn => {
+        let mut query = sqlx::query_as::<_, RelationRow>(&sql);
+        for (reader, other) in pairs {
+            query = query.bind(reader).bind(other);
+        }
+        query.fetch_all(conn).await?
+    });
+    Ok(fold(pairs, rows))
+}
+
+/// Folds the rows of a relations query into one `Relation` per pair.
+fn fold(pairs: &[(String, String)], rows: Vec<RelationRow>) -> HashMap<(String, String), Relation> {
+    let mut out: HashMap<(String, String), Relation> = pairs
+        .iter()
+        .map(|pair| (pair.clone(), Relation::default()))
+        .collect();
+    for (kind, reader, other, a, b, c, n) in rows {
+        let Some(reader) = reader else {
+            // A count of the other user's connections: the same for every reader.
+            for ((_, o), relation) in out.iter_mut() {
+                if *o == other {
+                    relation.total_connections = n.unwrap_or(0);
+                }
+            }
+            continue;
+        };
+        let Some(relation) = out.get_mut(&(reader.clone(), other.clone())) else {
             continue;
         };
         match (kind.as_str(), a) {
@@ -111,7 +179,7 @@ pub async fn relations(
                 let to = if from == reader {
                     other.clone()
                 } else {
-                    reader.to_string()
+                    reader.clone()
                 };
                 relation.connect_request =
                     Some(json!({ "id": id, "status": b, "from": {"id": from}, "to": {"id": to} }));
@@ -124,12 +192,11 @@ pub async fn relations(
                 relation.chat = Some(chat);
             }
             ("connected", _) => relation.connected = true,
-            ("connections", _) => relation.total_connections = n.unwrap_or(0),
             ("review", Some(review_id)) => relation.review_id = Some(review_id),
             _ => {}
         }
     }
-    Ok(out)
+    out
 }
 
 /// Whether two users are connected now.

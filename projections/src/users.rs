@@ -552,6 +552,28 @@ pub async fn find(
     })
 }
 
+/// Rows of the given users by id, in one round trip (unknown ids are left out).
+pub async fn find_many(
+    source: crate::db::Source<'_>,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, UserRecord>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id IN ({})",
+        crate::db::placeholders(1, ids.len())
+    );
+    let rows: Vec<UserRecord> = crate::with_source!(source, conn => {
+        let mut query = sqlx::query_as::<_, UserRecord>(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query.fetch_all(conn).await?
+    });
+    Ok(rows.into_iter().map(|u| (u.id.clone(), u)).collect())
+}
+
 /// Renders inside a projector transaction (the feed renders pushes from the same state).
 pub async fn find_by_id_tx(tx: &mut DbTx, id: &str) -> Result<Option<UserRecord>, sqlx::Error> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");

@@ -37,14 +37,9 @@ pub async fn member_chat(
     chat_id: &str,
     user_id: &str,
 ) -> Result<ChatView, ApiError> {
-    let view = chats::find_for_member((&state.store.db).into(), chat_id, user_id)
+    chats::find_for_member_with_other((&state.store.db).into(), chat_id, user_id)
         .await?
-        .ok_or_else(|| ApiError::not_found("chat"))?;
-    let other = talkamie_projections::users::find_by_id(&state.store.db, &view.other_id).await?;
-    if other.is_none_or(|o| o.is_deleted()) {
-        return Err(ApiError::not_found("chat"));
-    }
-    Ok(view)
+        .ok_or_else(|| ApiError::not_found("chat"))
 }
 
 async fn render_chats(state: &AppState, views: &[ChatView]) -> Result<Vec<Value>, ApiError> {

@@ -17,6 +17,7 @@ use rand::Rng;
 use sqlite_es::SqliteEventRepository;
 use talkamie_projections::{with_pool, Checkpoint, Db};
 
+use super::cache::Cached;
 use super::Store;
 
 /// Who asked and in which request; stored with every event.
@@ -65,7 +66,7 @@ impl Store {
         metadata: Metadata,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()> + 'static,
+        A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: Clone + Send,
     {
         let started = std::time::Instant::now();
@@ -94,7 +95,7 @@ impl Store {
         metadata: Metadata,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()> + 'static,
+        A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: Clone + Send,
     {
         // Beyond capacity a command is refused now rather than queued: queued commands only
@@ -110,13 +111,15 @@ impl Store {
                     let repo = SqliteEventRepository::new(pool.clone());
                     let store =
                         PersistedEventStore::<_, A>::new_snapshot_store(repo, SNAPSHOT_EVERY);
-                    decide_and_append(&store, id, command.clone(), metadata.clone()).await
+                    self.decide_and_append(&store, id, command.clone(), metadata.clone())
+                        .await
                 }
                 Db::Postgres(pool) => {
                     let repo = PostgresEventRepository::new(pool.clone());
                     let store =
                         PersistedEventStore::<_, A>::new_snapshot_store(repo, SNAPSHOT_EVERY);
-                    decide_and_append(&store, id, command.clone(), metadata.clone()).await
+                    self.decide_and_append(&store, id, command.clone(), metadata.clone())
+                        .await
                 }
             };
             match result {
@@ -190,32 +193,126 @@ impl Store {
     }
 }
 
-/// Loads the aggregate, decides and appends: the appended events and the sequence of the
-/// last event the decision was based on.
-async fn decide_and_append<A, ES>(
-    store: &ES,
-    id: &str,
-    command: A::Command,
-    metadata: Metadata,
-) -> Result<(Vec<EventEnvelope<A>>, usize), AggregateError<A::Error>>
-where
-    A: Aggregate<Services = ()>,
-    ES: EventStore<A, AC = EventStoreAggregateContext<A>>,
-{
-    let mut context = store.load_aggregate(id).await?;
-    let decided_on = context.current_sequence;
-    let sink = EventSink::default();
-    context
-        .aggregate()
-        .handle(command, &(), &sink)
-        .await
-        .map_err(AggregateError::UserError)?;
-    let events = sink.collect().await;
-    if events.is_empty() {
-        return Ok((vec![], decided_on));
+impl Store {
+    /// Decides on the cached copy of the aggregate (or a fresh load) and appends: the appended
+    /// events and the sequence of the last event the decision was based on.
+    ///
+    /// Only an append is decided on a cached copy, because only an append checks that the copy
+    /// is not behind the stream (another instance, or the CLI, may have appended since): a
+    /// conflict sends the command round again on a fresh load. A refusal or a no-op is decided
+    /// on a fresh load, and so is an append across a snapshot boundary (cqrs-es checks the
+    /// snapshot version, which must come from the database).
+    async fn decide_and_append<A, ES>(
+        &self,
+        store: &ES,
+        id: &str,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<(Vec<EventEnvelope<A>>, usize), AggregateError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Clone + 'static,
+        A::Command: Clone,
+        ES: EventStore<A, AC = EventStoreAggregateContext<A>>,
+    {
+        if let Some(cached) = self.aggregates.take::<A>(A::TYPE, id) {
+            let mut context = EventStoreAggregateContext {
+                aggregate_id: id.to_string(),
+                aggregate: cached.aggregate,
+                current_sequence: cached.sequence,
+                current_snapshot: cached.snapshot,
+            };
+            let decided_on = context.current_sequence;
+            let sink = EventSink::default();
+            let decision = context
+                .aggregate()
+                .handle(command.clone(), &(), &sink)
+                .await;
+            let events = sink.collect().await;
+            if decision.is_ok()
+                && !events.is_empty()
+                && !snapshot_due(context.current_sequence, events.len())
+            {
+                return self
+                    .commit(store, id, events, context, metadata, decided_on)
+                    .await;
+            }
+        }
+        let mut context = store.load_aggregate(id).await?;
+        let decided_on = context.current_sequence;
+        let sink = EventSink::default();
+        let decision = context.aggregate().handle(command, &(), &sink).await;
+        let events = sink.collect().await;
+        if let Err(error) = decision {
+            // Every aggregate decides before it writes: refused, the copy is as loaded.
+            if events.is_empty() {
+                self.keep(id, context);
+            }
+            return Err(AggregateError::UserError(error));
+        }
+        if events.is_empty() {
+            self.keep(id, context);
+            return Ok((vec![], decided_on));
+        }
+        self.commit(store, id, events, context, metadata, decided_on)
+            .await
     }
-    let committed = store.commit(events, context, metadata).await?;
-    Ok((committed, decided_on))
+
+    /// Appends `events` decided on `context`, and caches the aggregate as they leave it.
+    async fn commit<A, ES>(
+        &self,
+        store: &ES,
+        id: &str,
+        events: Vec<A::Event>,
+        context: EventStoreAggregateContext<A>,
+        metadata: Metadata,
+        decided_on: usize,
+    ) -> Result<(Vec<EventEnvelope<A>>, usize), AggregateError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Clone + 'static,
+        ES: EventStore<A, AC = EventStoreAggregateContext<A>>,
+    {
+        // `EventSink::write` applied the events to the aggregate as it decided: `after` is the
+        // state they leave.
+        let after = context.aggregate.clone();
+        let snapshot = if snapshot_due(context.current_sequence, events.len()) {
+            Some(context.current_snapshot.map_or(1, |v| v + 1))
+        } else {
+            context.current_snapshot
+        };
+        let committed = store.commit(events, context, metadata).await?;
+        let Some(last) = committed.last().map(|e| e.sequence) else {
+            return Ok((committed, decided_on));
+        };
+        self.aggregates.put(
+            A::TYPE,
+            id,
+            Cached {
+                aggregate: after,
+                sequence: last,
+                snapshot,
+            },
+        );
+        Ok((committed, decided_on))
+    }
+
+    /// Puts back a copy that a command did not change.
+    fn keep<A: Aggregate + 'static>(&self, id: &str, context: EventStoreAggregateContext<A>) {
+        self.aggregates.put(
+            A::TYPE,
+            id,
+            Cached {
+                aggregate: context.aggregate,
+                sequence: context.current_sequence,
+                snapshot: context.current_snapshot,
+            },
+        );
+    }
+}
+
+/// Whether appending `new_events` after `sequence` makes cqrs-es write a snapshot (its
+/// `SourceOfTruth::Snapshot` rule: the stream crosses a multiple of `SNAPSHOT_EVERY`).
+fn snapshot_due(sequence: usize, new_events: usize) -> bool {
+    new_events >= SNAPSHOT_EVERY - (sequence % SNAPSHOT_EVERY)
 }
 
 /// postgres-es reports a duplicate (aggregate, sequence) as `AggregateConflict`; sqlite-es only

@@ -2,6 +2,7 @@
 //! bus that appends to the log through cqrs-es and answers after the read models caught up.
 
 mod bus;
+mod cache;
 mod secrets;
 
 use std::str::FromStr;
@@ -35,6 +36,8 @@ pub struct Store {
     /// Permits for commands in flight (load shedding: beyond capacity a command is refused
     /// at once with 503 instead of queueing without bound).
     pub commands_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Aggregates as the last command on them left them (skips loading them again).
+    aggregates: Arc<cache::AggregateCache>,
 }
 
 impl Store {
@@ -50,6 +53,7 @@ impl Store {
             background,
             projector,
             commands_in_flight: Arc::new(tokio::sync::Semaphore::new(permits)),
+            aggregates: Arc::new(cache::AggregateCache::new(settings.aggregate_cache)),
         })
     }
 }
