@@ -25,6 +25,13 @@ pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const WS_SOCKETS_OPEN: &str = "ws_sockets_open";
 /// The last event-log position every read model of this instance includes.
 pub const PROJECTOR_APPLIED_POSITION: &str = "projector_applied_position";
+/// Projector rounds of this instance that applied events.
+pub const PROJECTOR_ROUNDS: &str = "projector_rounds_total";
+/// Events this instance's projector applied, by `path`: `single` (one at a time) or `run` (in
+/// a run of sent messages applied as a set).
+pub const PROJECTOR_EVENTS: &str = "projector_events_total";
+/// Runs of sent messages applied as a set.
+pub const PROJECTOR_MESSAGE_RUNS: &str = "projector_message_runs_total";
 
 /// Commands executed, by `aggregate` (its type) and `outcome` (`ok`, `rejected`, `conflict`,
 /// `overloaded`, `unavailable`, `error`).
@@ -80,6 +87,18 @@ fn describe() {
         PROJECTOR_APPLIED_POSITION,
         "Event-log position every read model of this instance includes"
     );
+    metrics::describe_counter!(
+        PROJECTOR_ROUNDS,
+        "Projector rounds of this instance that applied events"
+    );
+    metrics::describe_counter!(
+        PROJECTOR_EVENTS,
+        "Events applied by this instance's projector, by path (single, run)"
+    );
+    metrics::describe_counter!(
+        PROJECTOR_MESSAGE_RUNS,
+        "Runs of sent messages this instance's projector applied as a set"
+    );
 }
 
 /// The exposition: the gauges read now, then everything recorded so far.
@@ -88,6 +107,12 @@ pub fn render(state: &AppState) -> String {
     metrics::gauge!(WS_SOCKETS_OPEN).set(state.hub.socket_count() as f64);
     metrics::gauge!(PROJECTOR_APPLIED_POSITION)
         .set(state.store.projector.applied().position as f64);
+    let stats = &state.store.projector.stats;
+    let read = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::counter!(PROJECTOR_ROUNDS).absolute(read(&stats.rounds));
+    metrics::counter!(PROJECTOR_EVENTS, "path" => "single").absolute(read(&stats.single_events));
+    metrics::counter!(PROJECTOR_EVENTS, "path" => "run").absolute(read(&stats.run_events));
+    metrics::counter!(PROJECTOR_MESSAGE_RUNS).absolute(read(&stats.message_runs));
     handle.render()
 }
 

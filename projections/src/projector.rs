@@ -7,6 +7,8 @@
 //! single writer), so a batch is applied by exactly one of them.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,8 +125,21 @@ pub struct BatchEffects {
     pub feed_rows: usize,
 }
 
+/// What the projector has done since it started (read by `/metrics`).
+#[derive(Debug, Default)]
+pub struct ProjectorStats {
+    /// Rounds that applied at least one event.
+    pub rounds: AtomicU64,
+    /// Events applied one at a time.
+    pub single_events: AtomicU64,
+    /// Runs of sent messages applied as a set, and the messages in them.
+    pub message_runs: AtomicU64,
+    pub run_events: AtomicU64,
+}
+
 pub struct Projector {
     db: Db,
+    pub stats: ProjectorStats,
     /// The lowest checkpoint over all projections that this instance has seen committed.
     applied: watch::Sender<Checkpoint>,
     wake: Notify,
@@ -138,6 +153,7 @@ impl Projector {
     pub fn new(db: Db) -> Arc<Self> {
         Arc::new(Projector {
             db,
+            stats: ProjectorStats::default(),
             applied: watch::channel(Checkpoint::default()).0,
             wake: Notify::new(),
             feed_written: Notify::new(),
@@ -222,6 +238,8 @@ impl Projector {
                         messages[next..run_end].iter().flatten().cloned().collect();
                     let out = plan.feed.then_some(&mut pushes);
                     message_runs::apply(&mut tx, &run, plan.chats, out).await?;
+                    self.stats.message_runs.fetch_add(1, Relaxed);
+                    self.stats.run_events.fetch_add(run.len() as u64, Relaxed);
                     for seen in checkpoints.values_mut() {
                         *seen = (*seen).max(last);
                     }
@@ -238,6 +256,7 @@ impl Projector {
                     *seen = at;
                 }
             }
+            self.stats.single_events.fetch_add(1, Relaxed);
             next += 1;
         }
         pushes.flush(&mut tx).await?;
@@ -253,6 +272,9 @@ impl Projector {
             }
         }
         tx.commit().await?;
+        if effects.events > 0 {
+            self.stats.rounds.fetch_add(1, Relaxed);
+        }
         let reached = checkpoints.values().copied().min().unwrap_or_default();
         Ok((effects, reached))
     }

@@ -1,13 +1,13 @@
 //! Sections 5 and 6, and the chat and alert parts of section 12: connect requests, message
 //! requests, chats, messages, receipts, unread counts and alerts, over REST and WebSocket.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::both_stores;
-use crate::helpers::{assert_error, unique_email, Backend, Server, TestDb, Ws};
+use crate::helpers::{assert_error, read_models, unique_email, Backend, Server, TestDb, Ws};
 
 both_stores!(
     connect_requests_follow_the_rules,
@@ -18,6 +18,7 @@ both_stores!(
     concurrent_opposite_requests_leave_exactly_one,
     chat_lists_search_rank_and_paginate,
     flooding_messages_is_rate_limited,
+    message_bursts_count_every_push_in_log_order,
 );
 
 /// A signed-up user: `(id, access token)`.
@@ -873,4 +874,181 @@ async fn flooding_messages_is_rate_limited(backend: Backend) {
         json!(accepted),
         "only accepted messages are stored"
     );
+}
+
+/// Many sockets sending at once make the projector apply runs of messages as a set: every
+/// push must still show the counts the messages left one at a time, in log order. Four users,
+/// each in two chats (S1-V1, S1-V2, S2-V1, S2-V2), send 15 messages into each of their chats
+/// from three sockets at once; a fifth socket per user only listens. Each listener's pushes are
+/// checked against a replay of its own push stream (which is in log order): per chat, the
+/// unread count grows by one per message received and stays put for its own; the unread chat
+/// total is the number of its chats with something unread; every received message is followed
+/// by the recipient's `chats.update` showing it as the last message with the same counts.
+/// Then the read models, and a rebuild of them, agree.
+async fn message_bursts_count_every_push_in_log_order(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let env = [
+        ("TALKAMIE_WS_FRAMES_PER_SECOND", "1000"),
+        ("TALKAMIE_CHAT_MESSAGES_PER_MINUTE", "100000"),
+    ];
+    let server = Server::start_with(&db, &env).await;
+    let seniors = [user(&server, "senior").await, user(&server, "senior").await];
+    let volunteers = [
+        user(&server, "volunteer").await,
+        user(&server, "volunteer").await,
+    ];
+    // chats[(senior, volunteer)] and each user's chats.
+    let mut chats: Vec<(usize, usize, String)> = Vec::new();
+    for (s, senior) in seniors.iter().enumerate() {
+        for (v, volunteer) in volunteers.iter().enumerate() {
+            chats.push((s, v, server.connect(senior, volunteer).await));
+        }
+    }
+    let people: Vec<&(String, String)> = seniors.iter().chain(volunteers.iter()).collect();
+    let chats_of = |person: usize| -> Vec<String> {
+        chats
+            .iter()
+            .filter(|(s, v, _)| *s == person || *v + 2 == person)
+            .map(|(_, _, chat)| chat.clone())
+            .collect()
+    };
+    let mut listeners = Vec::new();
+    for person in &people {
+        listeners.push(server.ws_authenticated(&person.1, None).await.0);
+    }
+
+    const PER_CHAT: usize = 15;
+    let mut senders = Vec::new();
+    for (person, (_, token)) in people.iter().enumerate() {
+        for socket in 0..3 {
+            let (mut ws, _) = server.ws_authenticated(token, None).await;
+            let mine = chats_of(person);
+            senders.push(tokio::spawn(async move {
+                // Frames go out without waiting for answers; the answers are counted after.
+                let mut sent = 0;
+                for i in 0..PER_CHAT {
+                    for chat in &mine {
+                        if i % 3 != socket {
+                            continue;
+                        }
+                        ws.send(json!({"action": "chat.message.send", "requestId": sent,
+                                       "chatId": chat, "message": {"text": format!("{i}")}}))
+                            .await;
+                        sent += 1;
+                    }
+                }
+                let mut answered = 0;
+                while answered < sent {
+                    let frame = ws.recv().await;
+                    if frame.get("position").is_none() {
+                        assert_eq!(frame["success"], json!(true), "{frame}");
+                        answered += 1;
+                    }
+                }
+                sent
+            }));
+        }
+    }
+    let mut total = 0;
+    for sender in senders {
+        total += sender.await.expect("sender");
+    }
+    assert_eq!(total, 4 * 2 * PER_CHAT);
+
+    for (person, listener) in listeners.iter_mut().enumerate() {
+        let me = &people[person].0;
+        let mut unread: HashMap<String, i64> =
+            chats_of(person).into_iter().map(|chat| (chat, 0)).collect();
+        let mut received_news = 0;
+        let mut last_listed: HashMap<String, Value> = HashMap::new();
+        let mut seen = 0;
+        while seen < 2 * 2 * PER_CHAT {
+            let push = listener.recv().await;
+            if push["action"] != json!("chat.message.new") {
+                continue;
+            }
+            seen += 1;
+            let data = &push["data"];
+            let chat = data["chat"]["id"].as_str().expect("chat id").to_string();
+            let from_me = data["message"]["sender"]["id"] == json!(me);
+            let count = unread.get_mut(&chat).expect("one of my chats");
+            if !from_me {
+                *count += 1;
+            }
+            let expected_count = *count;
+            let unread_chats = unread.values().filter(|n| **n > 0).count();
+            assert_eq!(
+                data["chat"]["totalUnreadMessages"],
+                json!(expected_count),
+                "{push}"
+            );
+            assert_eq!(
+                data["viewer"]["totalUnreadChats"],
+                json!(unread_chats),
+                "{push}"
+            );
+            assert_eq!(data["viewer"]["id"], json!(me));
+            assert_eq!(data["message"]["delivery"]["status"], json!("sent"));
+            if from_me {
+                continue;
+            }
+            // The recipient's chat list learns it right after, with the same counts.
+            let list = listener.recv().await;
+            assert_eq!(list["action"], json!("chats.update"), "{list}");
+            let listed = &list["data"]["chatsMap"][&chat];
+            assert_eq!(listed["lastMessage"], data["message"], "{list}");
+            assert_eq!(listed["totalUnreadMessages"], json!(expected_count));
+            assert_eq!(
+                list["data"]["viewer"]["totalUnreadChats"],
+                json!(unread_chats)
+            );
+            assert_ne!(listed["user"]["id"], json!(me));
+            assert!(listed["user"]["name"].is_string(), "{list}");
+            last_listed.insert(chat, listed.clone());
+            received_news += 1;
+        }
+        assert_eq!(received_news, 2 * PER_CHAT);
+        assert!(unread.values().all(|n| *n == PER_CHAT as i64), "{unread:?}");
+        let (_, body) = server
+            .get("/v1/chats/unread", Some(&people[person].1))
+            .await;
+        for chat in body["data"].as_array().expect("chats") {
+            assert_eq!(chat["totalUnreadMessages"], json!(PER_CHAT), "{chat}");
+        }
+        assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "{body}");
+        // The pushed chats show the other person as the chat list renders them.
+        let (_, body) = server.get("/v1/chats", Some(&people[person].1)).await;
+        for chat in body["data"].as_array().expect("chats") {
+            let pushed = &last_listed[chat["id"].as_str().expect("chat id")];
+            let without_presence = |user: &Value| {
+                let mut user = user.clone();
+                user.as_object_mut().map(|u| u.remove("online"));
+                user
+            };
+            assert_eq!(
+                without_presence(&pushed["user"]),
+                without_presence(&chat["user"])
+            );
+        }
+    }
+
+    // The projector took some messages in runs of more than one.
+    let (_, text) = crate::metrics::scrape(&server).await;
+    let samples = crate::metrics::parse(&text);
+    let in_runs = crate::metrics::value(&samples, "projector_events_total", &[("path", "run")]);
+    let runs = crate::metrics::value(&samples, "projector_message_runs_total", &[]);
+    assert!(
+        matches!((in_runs, runs), (Some(events), Some(runs)) if events > runs),
+        "{in_runs:?} messages in {runs:?} runs"
+    );
+
+    // A rebuild (which also takes the messages in runs) gives the same read models.
+    server.stop().await;
+    let store = db.connect().await;
+    let live = read_models(&store).await;
+    let (ok, _, stderr) = db.cli(&["projections", "rebuild"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(read_models(&store).await, live);
 }

@@ -8,7 +8,7 @@
 //! Clients retry what failed during a kill window with the same `clientId` / `Idempotency-Key`,
 //! so a retry of a command whose answer was lost must answer the first result.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use talkamie_projections::{with_pool, Db, Projection};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Backend, Incoming, Server, TestDb, Ws};
+use crate::helpers::{read_models, Backend, Incoming, Server, TestDb, Ws};
 use crate::ledger::{fund, user, WEBHOOK_SECRET};
 use crate::schedules::verified_volunteer;
 
@@ -468,22 +468,6 @@ async fn caught_up(db: &Db) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Every row of every rebuildable read model as text, table by table (the feed is a delivery
-/// log that is never rebuilt: `Projection::rebuildable`).
-async fn read_models(db: &Db) -> BTreeMap<&'static str, Vec<String>> {
-    let mut dump = BTreeMap::new();
-    for projection in Projection::ALL.into_iter().filter(|p| p.rebuildable()) {
-        for table in projection.tables() {
-            let sql = format!("SELECT CAST(t AS TEXT) FROM {table} AS t ORDER BY 1");
-            let rows: Vec<String> = with_pool!(db, pool => {
-                sqlx::query_scalar(&sql).fetch_all(pool).await.expect("dump a read model")
-            });
-            dump.insert(*table, rows);
-        }
-    }
-    dump
 }
 
 /// Ids of every message of `chat` as the read model serves them (all pages).

@@ -1,6 +1,7 @@
 //! The test harness: a real `talkamie serve` process per test (own port, own data dir, own
 //! PostgreSQL database), a JSON HTTP client and a WebSocket client.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use talkamie_projections::{Db, Projection};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,4 +497,36 @@ impl Server {
             .expect("chat id")
             .to_string()
     }
+}
+
+/// Every row of every rebuildable read model as text, table by table (the feed is a delivery
+/// log that is never rebuilt: `Projection::rebuildable`).
+pub async fn read_models(db: &Db) -> BTreeMap<&'static str, Vec<String>> {
+    let mut dump = BTreeMap::new();
+    for projection in Projection::ALL.into_iter().filter(|p| p.rebuildable()) {
+        for table in projection.tables() {
+            let rows: Vec<String> = match db {
+                Db::Postgres(pool) => {
+                    let sql = format!("SELECT CAST(t AS TEXT) FROM {table} AS t ORDER BY 1");
+                    sqlx::query_scalar(&sql).fetch_all(pool).await
+                }
+                Db::Sqlite(pool) => {
+                    let columns: Vec<String> = sqlx::query_scalar(&format!(
+                        "SELECT name FROM pragma_table_info('{table}')"
+                    ))
+                    .fetch_all(pool)
+                    .await
+                    .expect("columns of a read model");
+                    let sql = format!(
+                        "SELECT json_array({}) FROM {table} ORDER BY 1",
+                        columns.join(", ")
+                    );
+                    sqlx::query_scalar(&sql).fetch_all(pool).await
+                }
+            }
+            .expect("dump a read model");
+            dump.insert(*table, rows);
+        }
+    }
+    dump
 }

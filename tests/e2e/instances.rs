@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::{unique_email, Backend, Incoming, Server, TestDb};
+use crate::ledger::{balance, checkout, fund, ledger_server, open_top_up, user};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_cross_instances() {
@@ -218,4 +219,59 @@ async fn chat_across_instances_survives_a_killed_instance() {
         })
         .await;
     assert_eq!(pushed["data"]["message"]["text"], json!("back again"));
+}
+
+/// Each instance keeps the aggregates its commands left in memory; another instance's writes
+/// must never be missed because of it. A payment session opened on one instance is paid on
+/// the other (whose copy of the wallet does not know the session: it must look again, not
+/// refuse), and one sender alternates between the instances in one chat (each copy is behind
+/// the other instance's last message: the append must notice, and store each message once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_never_decide_on_a_stale_copy() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let one = ledger_server(&db, &[]).await;
+    let two = ledger_server(&db, &[]).await;
+    let senior = user(&one, "senior").await;
+    let volunteer = user(&one, "volunteer").await;
+
+    fund(&one, &senior.1, 500).await;
+    let (_, session, _) = open_top_up(&two, &senior.1, 300).await;
+    let (status, html) = checkout(&one, &session, "pay").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains(r#"data-status="succeeded""#), "{html}");
+    assert_eq!(balance(&one, &senior.1).await, 800);
+    assert_eq!(balance(&two, &senior.1).await, 800);
+
+    let chat = one.connect(&senior, &volunteer).await;
+    let (mut on_one, _) = one.ws_authenticated(&senior.1, None).await;
+    let (mut on_two, _) = two.ws_authenticated(&senior.1, None).await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let ws = if i % 2 == 0 { &mut on_one } else { &mut on_two };
+        let reply = ws
+            .request(
+                json!({"action": "chat.message.send", "requestId": i, "chatId": chat,
+                            "message": {"text": format!("message {i}")}}),
+            )
+            .await;
+        assert_eq!(reply["success"], json!(true), "{reply}");
+        sent.push(reply["data"]["message"]["id"].clone());
+    }
+    let (status, body) = two
+        .get(
+            &format!("/v1/chat/{chat}/messages?pageSize=50"),
+            Some(&volunteer.1),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut stored: Vec<Value> = body["data"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    stored.reverse();
+    assert_eq!(stored, sent, "each message stored once, in order");
 }

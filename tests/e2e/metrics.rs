@@ -13,14 +13,14 @@ both_stores!(metrics_count_requests_sockets_and_the_projector);
 
 /// One sample line of the text exposition: name, labels, value.
 #[derive(Debug)]
-struct Sample {
+pub(crate) struct Sample {
     name: String,
     labels: HashMap<String, String>,
     value: f64,
 }
 
 /// Parses the sample lines (label values may hold braces and commas: `route="/v1/user/{id}"`).
-fn parse(text: &str) -> Vec<Sample> {
+pub(crate) fn parse(text: &str) -> Vec<Sample> {
     let mut samples = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -75,7 +75,7 @@ fn parse(text: &str) -> Vec<Sample> {
 }
 
 /// The value of the sample named `name` whose labels include `labels`.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
         .find(|s| {
@@ -88,7 +88,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 }
 
 /// `(content type, exposition)`.
-async fn scrape(server: &Server) -> (String, String) {
+pub(crate) async fn scrape(server: &Server) -> (String, String) {
     let response = server
         .http
         .get(format!("{}/metrics", server.base))
