@@ -99,6 +99,10 @@ pub struct Settings {
     pub chat_messages_per_minute: u32,
     /// Commands one instance works on at once; more are refused at once with 503.
     pub max_commands_in_flight: u32,
+    /// Seconds from a request head's first byte to its end (every head, not only the first).
+    pub request_head_timeout_secs: u64,
+    /// Longest pause, in seconds, between two reads of a request body.
+    pub request_body_gap_secs: u64,
     pub coins: CoinSettings,
     pub storage: StorageKind,
     pub ledger: LedgerSettings,
@@ -333,6 +337,8 @@ impl Settings {
             ws_frames_per_second: rate("TALKAMIE_WS_FRAMES_PER_SECOND", 20)?,
             chat_messages_per_minute: rate("TALKAMIE_CHAT_MESSAGES_PER_MINUTE", 120)?,
             max_commands_in_flight: rate("TALKAMIE_MAX_COMMANDS_IN_FLIGHT", 128)?,
+            request_head_timeout_secs: seconds("TALKAMIE_REQUEST_HEAD_TIMEOUT_SECS", 10)?.max(1),
+            request_body_gap_secs: seconds("TALKAMIE_REQUEST_BODY_GAP_SECS", 30)?.max(1),
         })
     }
 
@@ -361,6 +367,8 @@ mod tests {
         assert_eq!(s.mailer, MailerKind::File);
         assert_eq!(s.push, PushKind::File);
         assert_eq!(s.push_dir(), PathBuf::from("./data/push"));
+        assert_eq!(s.request_head_timeout_secs, 10);
+        assert_eq!(s.request_body_gap_secs, 30);
     }
 
     #[test]
@@ -424,5 +432,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("SMTP_URL"));
+        let map = HashMap::from([(
+            "TALKAMIE_REQUEST_BODY_GAP_SECS".to_string(),
+            "soon".to_string(),
+        )]);
+        let err = Settings::from_map(&map).unwrap_err().to_string();
+        assert!(err.contains("TALKAMIE_REQUEST_BODY_GAP_SECS"), "{err}");
+        // 0 would close every connection at once: at least 1 s.
+        let map = HashMap::from([(
+            "TALKAMIE_REQUEST_HEAD_TIMEOUT_SECS".to_string(),
+            "0".to_string(),
+        )]);
+        assert_eq!(
+            Settings::from_map(&map).unwrap().request_head_timeout_secs,
+            1
+        );
     }
 }
