@@ -197,6 +197,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         limits: http::slow_clients::Limits {
             head: Duration::from_secs(settings.request_head_timeout_secs),
             body_gap: Duration::from_secs(settings.request_body_gap_secs),
+            body_min_rate: settings.request_body_min_rate,
         },
         // Idle connections stay open longer than clients' pools usually keep them (the 5 s
         // default races clients reusing a connection just as the server closes it:

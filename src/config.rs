@@ -103,6 +103,8 @@ pub struct Settings {
     pub request_head_timeout_secs: u64,
     /// Longest pause, in seconds, between two reads of a request body.
     pub request_body_gap_secs: u64,
+    /// Bytes per second a request body must average (after the gap's credit); 0: no floor.
+    pub request_body_min_rate: u64,
     pub coins: CoinSettings,
     pub storage: StorageKind,
     pub ledger: LedgerSettings,
@@ -339,6 +341,7 @@ impl Settings {
             max_commands_in_flight: rate("TALKAMIE_MAX_COMMANDS_IN_FLIGHT", 128)?,
             request_head_timeout_secs: seconds("TALKAMIE_REQUEST_HEAD_TIMEOUT_SECS", 10)?.max(1),
             request_body_gap_secs: seconds("TALKAMIE_REQUEST_BODY_GAP_SECS", 30)?.max(1),
+            request_body_min_rate: number("TALKAMIE_REQUEST_BODY_MIN_RATE", 500)?,
         })
     }
 
@@ -369,6 +372,7 @@ mod tests {
         assert_eq!(s.push_dir(), PathBuf::from("./data/push"));
         assert_eq!(s.request_head_timeout_secs, 10);
         assert_eq!(s.request_body_gap_secs, 30);
+        assert_eq!(s.request_body_min_rate, 500);
     }
 
     #[test]

@@ -10,8 +10,13 @@
 //! WebSocket upgrade). While the client owes bytes it enforces:
 //!
 //! - **head**: a request head must be complete within `head` of its first byte;
-//! - **body**: while a body is expected, at most `body_gap` may pass between two reads (nginx's
-//!   `client_body_timeout`): a slow upload that keeps moving is fine, a stalled one is not.
+//! - **body**: while a body is expected, the server waits for the client at most `body_gap` at a
+//!   time (nginx's `client_body_timeout`: a stalled upload is cut), and in all at most
+//!   `body_gap` plus one second per `body_min_rate` bytes received (Apache's `mod_reqtimeout`
+//!   `MinRate`). The gap alone would let a body trickle in a byte every `body_gap` for days;
+//!   the rate floor makes holding a connection cost the client bandwidth. Only time spent
+//!   waiting for the client counts: while the server does not read (its handler consumes the
+//!   body slowly), the client is not to blame.
 //!
 //! Nothing is enforced between requests: while a handler works, and while a kept-alive
 //! connection is idle (actix's keep-alive timer closes those). A WebSocket stops being watched
@@ -53,6 +58,19 @@ pub struct Limits {
     pub head: Duration,
     /// Longest wait for the next bytes of a request body.
     pub body_gap: Duration,
+    /// Bytes per second a body must average (after `body_gap` of credit); 0: no floor.
+    pub body_min_rate: u64,
+}
+
+impl Limits {
+    /// Of a body's total credit of waiting time, what is left.
+    fn body_allowance(&self, received: u64, waited: Duration) -> Duration {
+        if self.body_min_rate == 0 {
+            return self.body_gap;
+        }
+        let earned = Duration::from_millis(received.saturating_mul(1000) / self.body_min_rate);
+        (self.body_gap + earned).saturating_sub(waited)
+    }
 }
 
 /// What else the server is built with (the rest are actix-web's `HttpServer` defaults).
@@ -160,7 +178,9 @@ impl<T> Guarded<T> {
                 unread: BytesMut::new(),
                 phase: Phase::Idle,
                 timer: None,
-                gap_armed: false,
+                waiting_since: None,
+                body_received: 0,
+                body_waited: Duration::ZERO,
                 broken: None,
             })),
             exempt: Rc::new(Cell::new(false)),
@@ -189,15 +209,22 @@ struct Watch {
     phase: Phase,
     /// Made on first need, then reset: most connections never need one.
     timer: Option<Pin<Box<Sleep>>>,
-    /// In `Body`: `timer` runs from the first read that found nothing.
-    gap_armed: bool,
+    /// In `Body`: since when the server waits for the client (from the first read that found
+    /// nothing); `timer` is armed for this wait.
+    waiting_since: Option<Instant>,
+    /// Payload bytes of the current body, and the time spent waiting for them.
+    body_received: u64,
+    body_waited: Duration,
     /// The rule that ended the connection.
     broken: Option<&'static str>,
 }
 
 impl Watch {
     fn arm(&mut self, after: Duration) {
-        let deadline = Instant::now() + after;
+        self.arm_at(Instant::now() + after);
+    }
+
+    fn arm_at(&mut self, deadline: Instant) {
         match &mut self.timer {
             Some(timer) => timer.as_mut().reset(deadline),
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -210,18 +237,24 @@ impl Watch {
             return;
         }
         self.unread.extend_from_slice(bytes);
-        // Whatever these bytes are, the body (if one is owed) moved.
-        self.gap_armed = false;
+        // Whatever these bytes are, the wait for the client (if any) is over.
+        if let Some(since) = self.waiting_since.take() {
+            self.body_waited += since.elapsed();
+        }
         loop {
             match self.codec.decode(&mut self.unread) {
                 Ok(Some(Message::Item(_head))) => {
                     self.phase = if self.codec.message_type() == MessageType::None {
                         Phase::Idle
                     } else {
+                        self.body_received = 0;
+                        self.body_waited = Duration::ZERO;
                         Phase::Body
                     };
                 }
-                Ok(Some(Message::Chunk(Some(_)))) => {}
+                Ok(Some(Message::Chunk(Some(chunk)))) => {
+                    self.body_received += chunk.len() as u64;
+                }
                 Ok(Some(Message::Chunk(None))) => self.phase = Phase::Idle,
                 Ok(None) => break,
                 Err(_) => {
@@ -245,9 +278,13 @@ impl Watch {
             Phase::Idle => return Poll::Pending,
             Phase::Head | Phase::Refused => "head",
             Phase::Body => {
-                if !self.gap_armed {
-                    self.gap_armed = true;
-                    self.arm(self.limits.body_gap);
+                if self.waiting_since.is_none() {
+                    let now = Instant::now();
+                    self.waiting_since = Some(now);
+                    let left = self
+                        .limits
+                        .body_allowance(self.body_received, self.body_waited);
+                    self.arm_at(now + left.min(self.limits.body_gap));
                 }
                 "body"
             }
@@ -341,6 +378,8 @@ mod tests {
     const LIMITS: Limits = Limits {
         head: Duration::from_millis(400),
         body_gap: Duration::from_millis(300),
+        // 100 ms more of waiting allowed per byte received.
+        body_min_rate: 10,
     };
     /// Long enough past either limit that a rule would have fired.
     const WELL_PAST: Duration = Duration::from_millis(1200);
@@ -424,17 +463,41 @@ mod tests {
         send(
             &mut client,
             &mut server,
-            b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12",
+            b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n\r\n12",
         )
         .await;
-        // Moving: a byte every 150 ms (under the 300 ms gap), 900 ms in all.
+        // Moving: 3 bytes every 150 ms (20 bytes a second, over the floor of 10), 900 ms in all.
         for _ in 0..6 {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            send(&mut client, &mut server, b"3").await;
+            send(&mut client, &mut server, b"345").await;
         }
         let stalled = Instant::now();
         assert_eq!(read(&mut server, WELL_PAST).await, Read::TimedOut);
         assert!(stalled.elapsed() >= LIMITS.body_gap);
+    }
+
+    #[actix_web::test]
+    async fn a_body_trickled_below_the_rate_floor_times_out() {
+        let (mut server, mut client) = pair();
+        send(
+            &mut client,
+            &mut server,
+            b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n\r\n",
+        )
+        .await;
+        // A byte every 200 ms: each pause under the 300 ms gap, but 5 bytes a second against a
+        // floor of 10. After n bytes the server waited ~200n ms for 300 + 100n of credit.
+        let started = Instant::now();
+        let outcome = loop {
+            send(&mut client, &mut server, b"x").await;
+            match read(&mut server, Duration::from_millis(200)).await {
+                Read::Waiting => {}
+                other => break other,
+            }
+            assert!(started.elapsed() < 2 * WELL_PAST, "never timed out");
+        };
+        assert_eq!(outcome, Read::TimedOut);
+        assert!(started.elapsed() >= LIMITS.body_gap);
     }
 
     #[actix_web::test]

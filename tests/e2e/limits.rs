@@ -598,20 +598,24 @@ async fn read_until_closed(conn: &mut TcpStream, limit: Duration) -> Vec<u8> {
     }
 }
 
-/// The server's bounds in the test below (seconds): a head must end within `HEAD` of its first
-/// byte, a body may pause at most `BODY_GAP` (production: 10 and 30).
+/// The server's bounds in the test below: a head must end within `HEAD` s of its first byte, a
+/// body may pause at most `BODY_GAP` s at a time, and in all `BODY_GAP` s plus 1 s per
+/// `BODY_MIN_RATE` bytes received (production: 10 s, 30 s, 500 bytes).
 const HEAD: u64 = 4;
 const BODY_GAP: u64 = 3;
+const BODY_MIN_RATE: u64 = 4;
 
 /// Every request head and body of a kept-alive connection is bounded, not only the first head
 /// (actix's own timer): on connections that first had a request answered, a second head sent a
 /// byte a second is closed `HEAD` s after its first byte, and a body that stalls is closed
-/// `BODY_GAP` s after its last byte, both without an answer. A body sent slowly but steadily
-/// (longer in all than either bound; with `Content-Length` or chunked) is answered and the
+/// `BODY_GAP` s after its last byte, and a body trickled a byte a second (each pause within the
+/// gap, but below the rate floor) once its credit is spent, all without an answer. A body sent
+/// slowly but steadily over the floor (longer in all than any bound; with `Content-Length` or
+/// chunked) is answered and the
 /// connection stays usable; a WebSocket quiet for longer than both bounds (pings further apart
 /// than the body gap) stays open and answers; a handler that takes longer than the body gap
 /// (blocked on the store's write lock) answers. Meanwhile the server answers other clients, and
-/// `/metrics` counts exactly the two closed connections.
+/// `/metrics` counts exactly the three closed connections.
 async fn later_heads_and_bodies_sent_slowly_are_closed(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
@@ -621,6 +625,7 @@ async fn later_heads_and_bodies_sent_slowly_are_closed(backend: Backend) {
         &[
             ("TALKAMIE_REQUEST_HEAD_TIMEOUT_SECS", &HEAD.to_string()),
             ("TALKAMIE_REQUEST_BODY_GAP_SECS", &BODY_GAP.to_string()),
+            ("TALKAMIE_REQUEST_BODY_MIN_RATE", &BODY_MIN_RATE.to_string()),
         ],
     )
     .await;
@@ -633,7 +638,9 @@ async fn later_heads_and_bodies_sent_slowly_are_closed(backend: Backend) {
     let slow_head = tokio::spawn(kept_alive(addr.clone()).then_trickle_a_head());
     // (b) A POST whose body stalls after 10 of its 60 bytes.
     let stalled_body = tokio::spawn(kept_alive(addr.clone()).then_stall_a_body());
-    // (c) Bodies sent a few bytes a second for ~8 s: answered, and the connection goes on.
+    // (b') A POST body sent a byte a second.
+    let trickled_body = tokio::spawn(kept_alive(addr.clone()).then_trickle_a_body());
+    // (c) Bodies sent 4 bytes every 0.6 s for ~8 s: answered, and the connection goes on.
     let steady = tokio::spawn(kept_alive(addr.clone()).then_send_a_body_slowly(false));
     let steady_chunked = tokio::spawn(kept_alive(addr.clone()).then_send_a_body_slowly(true));
 
@@ -693,7 +700,7 @@ async fn later_heads_and_bodies_sent_slowly_are_closed(backend: Backend) {
         "slow head: {}",
         String::from_utf8_lossy(&answer)
     );
-    assert_closed_after("slow head", took, HEAD);
+    assert_closed_after("slow head", took, Duration::from_secs(HEAD));
 
     let (took, answer) = stalled_body.await.expect("stalled body");
     assert!(
@@ -701,7 +708,18 @@ async fn later_heads_and_bodies_sent_slowly_are_closed(backend: Backend) {
         "stalled body: {}",
         String::from_utf8_lossy(&answer)
     );
-    assert_closed_after("stalled body", took, BODY_GAP);
+    assert_closed_after("stalled body", took, Duration::from_secs(BODY_GAP));
+
+    let (took, answer) = trickled_body.await.expect("trickled body");
+    assert!(
+        answer.is_empty(),
+        "trickled body: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Bytes at 1, 2, 3 s: by 3 s the server waited 3 s of its 3 + 3/4 s credit, and the
+    // fourth byte is due only at 4 s.
+    let credit = Duration::from_millis(BODY_GAP * 1000 + 3 * 1000 / BODY_MIN_RATE);
+    assert_closed_after("trickled body", took, credit);
 
     for (kind, task) in [("steady", steady), ("steady chunked", steady_chunked)] {
         let (sent_for, answer, next) = task.await.expect(kind);
@@ -727,7 +745,7 @@ async fn later_heads_and_bodies_sent_slowly_are_closed(backend: Backend) {
     let (_, me) = server.get("/v1/auth", Some(&token)).await;
     assert_eq!(me["data"]["user"]["bio"], json!("patient"), "{me}");
 
-    // Exactly the two slow connections were closed by the rules.
+    // Exactly the three slow connections were closed by the rules.
     let metrics = server
         .http
         .get(format!("{}/metrics", server.base))
@@ -737,8 +755,8 @@ async fn later_heads_and_bodies_sent_slowly_are_closed(backend: Backend) {
         .text()
         .await
         .expect("metrics text");
-    for rule in ["head", "body"] {
-        let line = format!("http_slow_clients_closed_total{{rule=\"{rule}\"}} 1");
+    for (rule, closed) in [("head", 1), ("body", 2)] {
+        let line = format!("http_slow_clients_closed_total{{rule=\"{rule}\"}} {closed}");
         assert!(
             metrics.lines().any(|l| l == line),
             "no `{line}` in:\n{metrics}"
@@ -747,9 +765,8 @@ async fn later_heads_and_bodies_sent_slowly_are_closed(backend: Backend) {
     assert!(started.elapsed() < Duration::from_secs(40));
 }
 
-/// Panics unless the connection was closed `bound` s (+3 s of slack) after the clock started.
-fn assert_closed_after(what: &str, took: Duration, bound: u64) {
-    let bound = Duration::from_secs(bound);
+/// Panics unless the connection was closed `bound` (-0.5 s, +3 s) after the clock started.
+fn assert_closed_after(what: &str, took: Duration, bound: Duration) {
     assert!(
         took + Duration::from_millis(500) >= bound && took < bound + Duration::from_secs(3),
         "{what}: closed after {took:?}, the bound is {bound:?}"
@@ -839,7 +856,37 @@ impl KeptAlive {
         (stalled.elapsed(), answer)
     }
 
-    /// Sends a sign-in body 4 bytes a second (chunked: one chunk a second); returns how long
+    /// Sends a POST head (`Content-Length: 60`), then a byte of its body a second; returns
+    /// how long after the head the server closed the connection, and what it answered.
+    async fn then_trickle_a_body(self) -> (Duration, Vec<u8>) {
+        let conn = self.open().await;
+        let (mut reader, mut writer) = conn.into_split();
+        writer
+            .write_all(
+                b"POST /v1/auth/sign-in HTTP/1.1\r\nHost: t\r\n\
+                  Content-Type: application/json\r\nContent-Length: 60\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let head_sent = Instant::now();
+        let trickle = async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if writer.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            answer = read_until_closed_half(&mut reader, Duration::from_secs(30)) => {
+                (head_sent.elapsed(), answer)
+            }
+            _ = trickle => unreachable!("the trickle never ends"),
+        }
+    }
+
+    /// Sends a sign-in body 4 bytes every 0.6 s (chunked: one chunk a second); returns how long
     /// that took, the answer, and the answer to a next request on the same connection.
     async fn then_send_a_body_slowly(self, chunked: bool) -> (Duration, String, String) {
         let mut conn = self.open().await;
