@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_cors::Cors;
 use actix_web::dev::Service;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{middleware, web, App, HttpMessage, HttpServer};
+use actix_web::{middleware, web, App, HttpMessage};
 use anyhow::Context;
 use tokio::sync::watch;
 use tracing_actix_web::{RequestId, TracingLogger};
@@ -153,7 +153,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     let api_data = web::Data::new(api.clone());
     let cors_origins = settings.cors_origins.clone();
-    let server = HttpServer::new(move || {
+    let app = move || {
         App::new()
             .into_utoipa_app()
             .configure(http::routes)
@@ -191,14 +191,21 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             })
             .wrap(TracingLogger::default())
             .wrap(cors(&cors_origins))
-    })
-    .disable_signals()
-    // Idle connections stay open longer than clients' pools usually keep them (the 5 s default
-    // races clients reusing a connection just as the server closes it: IncompleteMessage).
-    .keep_alive(std::time::Duration::from_secs(75))
-    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-    .listen(listener)?
-    .run();
+    };
+    let options = http::slow_clients::ServerOptions {
+        // Every request head and body bounded, not only the first head (slow-loris).
+        limits: http::slow_clients::Limits {
+            head: Duration::from_secs(settings.request_head_timeout_secs),
+            body_gap: Duration::from_secs(settings.request_body_gap_secs),
+            body_min_rate: settings.request_body_min_rate,
+        },
+        // Idle connections stay open longer than clients' pools usually keep them (the 5 s
+        // default races clients reusing a connection just as the server closes it:
+        // IncompleteMessage).
+        keep_alive: Duration::from_secs(75),
+        shutdown_grace_secs: SHUTDOWN_GRACE_SECS,
+    };
+    let server = http::slow_clients::server(listener, options, app)?;
 
     tracing::info!(%addr, store = if store.db.is_postgres() { "postgres" } else { "sqlite" }, "serving");
     // Tests and scripts read the bound address from this line (PORT=0 picks a free port).

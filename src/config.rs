@@ -101,6 +101,12 @@ pub struct Settings {
     pub max_commands_in_flight: u32,
     /// Aggregates kept in memory between commands (0: load every one from the store).
     pub aggregate_cache: usize,
+    /// Seconds from a request head's first byte to its end (every head, not only the first).
+    pub request_head_timeout_secs: u64,
+    /// Longest pause, in seconds, between two reads of a request body.
+    pub request_body_gap_secs: u64,
+    /// Bytes per second a request body must average (after the gap's credit); 0: no floor.
+    pub request_body_min_rate: u64,
     pub coins: CoinSettings,
     pub storage: StorageKind,
     pub ledger: LedgerSettings,
@@ -335,8 +341,11 @@ impl Settings {
             ws_frames_per_second: rate("TALKAMIE_WS_FRAMES_PER_SECOND", 20)?,
             chat_messages_per_minute: rate("TALKAMIE_CHAT_MESSAGES_PER_MINUTE", 120)?,
             max_commands_in_flight: rate("TALKAMIE_MAX_COMMANDS_IN_FLIGHT", 128)?,
-            aggregate_cache: usize::try_from(seconds("TALKAMIE_AGGREGATE_CACHE", 10_000)?)
+            aggregate_cache: usize::try_from(number("TALKAMIE_AGGREGATE_CACHE", 10_000)?)
                 .context("TALKAMIE_AGGREGATE_CACHE is too large")?,
+            request_head_timeout_secs: seconds("TALKAMIE_REQUEST_HEAD_TIMEOUT_SECS", 10)?.max(1),
+            request_body_gap_secs: seconds("TALKAMIE_REQUEST_BODY_GAP_SECS", 30)?.max(1),
+            request_body_min_rate: number("TALKAMIE_REQUEST_BODY_MIN_RATE", 500)?,
         })
     }
 
@@ -365,6 +374,9 @@ mod tests {
         assert_eq!(s.mailer, MailerKind::File);
         assert_eq!(s.push, PushKind::File);
         assert_eq!(s.push_dir(), PathBuf::from("./data/push"));
+        assert_eq!(s.request_head_timeout_secs, 10);
+        assert_eq!(s.request_body_gap_secs, 30);
+        assert_eq!(s.request_body_min_rate, 500);
     }
 
     #[test]
@@ -428,5 +440,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("SMTP_URL"));
+        let map = HashMap::from([(
+            "TALKAMIE_REQUEST_BODY_GAP_SECS".to_string(),
+            "soon".to_string(),
+        )]);
+        let err = Settings::from_map(&map).unwrap_err().to_string();
+        assert!(err.contains("TALKAMIE_REQUEST_BODY_GAP_SECS"), "{err}");
+        // 0 would close every connection at once: at least 1 s.
+        let map = HashMap::from([(
+            "TALKAMIE_REQUEST_HEAD_TIMEOUT_SECS".to_string(),
+            "0".to_string(),
+        )]);
+        assert_eq!(
+            Settings::from_map(&map).unwrap().request_head_timeout_secs,
+            1
+        );
     }
 }

@@ -21,6 +21,9 @@ use crate::state::AppState;
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 /// Time from the request reaching the app to its response head, same labels.
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+/// Connections closed for sending a request head or body too slowly, by `rule` (`head`,
+/// `body`): `http::slow_clients`.
+pub const HTTP_SLOW_CLIENTS_CLOSED: &str = "http_slow_clients_closed_total";
 /// Authenticated sockets open on this instance.
 pub const WS_SOCKETS_OPEN: &str = "ws_sockets_open";
 /// The last event-log position every read model of this instance includes.
@@ -72,6 +75,10 @@ fn describe() {
         HTTP_DURATION,
         metrics::Unit::Seconds,
         "Time to answer an HTTP request (to the response head)"
+    );
+    metrics::describe_counter!(
+        HTTP_SLOW_CLIENTS_CLOSED,
+        "Connections closed for a request head or body sent too slowly, by rule"
     );
     metrics::describe_gauge!(
         WS_SOCKETS_OPEN,

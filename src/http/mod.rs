@@ -22,6 +22,7 @@ pub mod profile;
 pub mod push;
 pub mod reviews;
 pub mod schedules;
+pub mod slow_clients;
 pub mod spec;
 pub mod support;
 pub mod users;

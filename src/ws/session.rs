@@ -66,6 +66,9 @@ pub async fn route(
         .max_continuation_size(MAX_FRAME_BYTES);
     let socket = Socket::new(state.into_inner(), session);
     actix_web::rt::spawn(socket.run(stream, pre_authenticated, query.since));
+    // From here the connection carries frames, under the socket's own timeouts: the HTTP
+    // rules for slow request heads and bodies no longer apply to it.
+    crate::http::slow_clients::exempt(&req);
     Ok(response)
 }
 

@@ -9,7 +9,9 @@
 //! the upgrade's `?token=`; the per-IP limits of sign-in and OTP (another address unaffected);
 //! the per-sender message quota leaving other senders alone; text limits counted in characters
 //! (chat, support, name, bio); and the HTTP connection timeouts (slow request heads, silent
-//! connections, idle keep-alive connections) while the server keeps answering.
+//! connections, idle keep-alive connections) while the server keeps answering: a later request
+//! head, or a request body, sent too slowly on a kept-alive connection is closed too, while a
+//! slow but moving body, a quiet WebSocket and a slow handler are left alone.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::both_stores;
 use crate::helpers::{account, assert_error, unique_email, Backend, Server, TestDb};
@@ -29,7 +32,8 @@ both_stores!(
     forged_expired_and_stale_tokens_are_refused,
     per_ip_limits_of_sign_in_and_otp,
     the_message_quota_is_per_sender,
-    text_limits_count_characters
+    text_limits_count_characters,
+    later_heads_and_bodies_sent_slowly_are_closed
 );
 
 const SECRET: &str = "limits-test-secret-0123456789abcdef";
@@ -582,6 +586,382 @@ async fn slow_silent_and_idle_connections_are_closed() {
 
 /// Reads until the peer closes (or `limit` passes: a failure); returns what was read.
 async fn read_until_closed(conn: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => panic!("the connection stayed open for {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The server's bounds in the test below: a head must end within `HEAD` s of its first byte, a
+/// body may pause at most `BODY_GAP` s at a time, and in all `BODY_GAP` s plus 1 s per
+/// `BODY_MIN_RATE` bytes received (production: 10 s, 30 s, 500 bytes).
+const HEAD: u64 = 4;
+const BODY_GAP: u64 = 3;
+const BODY_MIN_RATE: u64 = 4;
+
+/// Every request head and body of a kept-alive connection is bounded, not only the first head
+/// (actix's own timer): on connections that first had a request answered, a second head sent a
+/// byte a second is closed `HEAD` s after its first byte, and a body that stalls is closed
+/// `BODY_GAP` s after its last byte, and a body trickled a byte a second (each pause within the
+/// gap, but below the rate floor) once its credit is spent, all without an answer. A body sent
+/// slowly but steadily over the floor (longer in all than any bound; with `Content-Length` or
+/// chunked) is answered and the
+/// connection stays usable; a WebSocket quiet for longer than both bounds (pings further apart
+/// than the body gap) stays open and answers; a handler that takes longer than the body gap
+/// (blocked on the store's write lock) answers. Meanwhile the server answers other clients, and
+/// `/metrics` counts exactly the three closed connections.
+async fn later_heads_and_bodies_sent_slowly_are_closed(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start_with(
+        &db,
+        &[
+            ("TALKAMIE_REQUEST_HEAD_TIMEOUT_SECS", &HEAD.to_string()),
+            ("TALKAMIE_REQUEST_BODY_GAP_SECS", &BODY_GAP.to_string()),
+            ("TALKAMIE_REQUEST_BODY_MIN_RATE", &BODY_MIN_RATE.to_string()),
+        ],
+    )
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let (user_id, token) = crate::ledger::user(&server, "senior").await;
+    let (mut ws, _) = server.ws_authenticated(&token, None).await;
+    let started = Instant::now();
+
+    // (a) A second request head, one byte a second, never finished.
+    let slow_head = tokio::spawn(kept_alive(addr.clone()).then_trickle_a_head());
+    // (b) A POST whose body stalls after 10 of its 60 bytes.
+    let stalled_body = tokio::spawn(kept_alive(addr.clone()).then_stall_a_body());
+    // (b') A POST body sent a byte a second.
+    let trickled_body = tokio::spawn(kept_alive(addr.clone()).then_trickle_a_body());
+    // (c) Bodies sent 4 bytes every 0.6 s for ~8 s: answered, and the connection goes on.
+    let steady = tokio::spawn(kept_alive(addr.clone()).then_send_a_body_slowly(false));
+    let steady_chunked = tokio::spawn(kept_alive(addr.clone()).then_send_a_body_slowly(true));
+
+    // A handler slower than the body gap: the store's write lock is held for 5 s, so updating
+    // a profile waits for it (its body was sent whole at once).
+    let slow_handler = {
+        let http = server.http.clone();
+        let url = format!("{}/v1/user/{user_id}", server.base);
+        let token = token.clone();
+        let store = db.connect().await;
+        tokio::spawn(async move {
+            let mut lock = store.begin_write().await.expect("write transaction");
+            talkamie_projections::with_tx!(&mut lock, conn => {
+                if store.is_postgres() {
+                    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+                        .execute(conn)
+                        .await
+                        .expect("lock events");
+                }
+            });
+            let asked = Instant::now();
+            let update = http
+                .put(url)
+                .bearer_auth(token)
+                .json(&json!({"bio": "patient"}))
+                .send();
+            let release = async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                lock.commit().await.expect("release the lock");
+            };
+            let (response, ()) = tokio::join!(update, release);
+            let response = response.expect("the update is answered");
+            (response.status(), asked.elapsed())
+        })
+    };
+
+    // (d) The WebSocket: pings 5 s apart (further than the body gap and the head bound, well
+    // within its own 60 s silence timeout), ~10 s in all, then a request.
+    // Meanwhile the server answers other clients as usual.
+    for _ in 0..2 {
+        let ping = Message::Ping(b"still here".to_vec().into());
+        assert!(ws.send_raw(ping).await);
+        let wait = Duration::from_secs(5);
+        let ((), answered) = tokio::join!(stays_open(&mut ws, wait), healthz_for(&server, wait));
+        assert!(
+            answered >= 5,
+            "{answered} health checks answered in {wait:?}"
+        );
+    }
+    let reply = ws.request(json!({"action": "user.me"})).await;
+    assert_eq!(reply["statusCode"], json!(200), "{reply}");
+    assert_eq!(reply["data"]["id"], json!(user_id), "{reply}");
+
+    let (took, answer) = slow_head.await.expect("slow head");
+    assert!(
+        answer.is_empty(),
+        "slow head: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_closed_after("slow head", took, Duration::from_secs(HEAD));
+
+    let (took, answer) = stalled_body.await.expect("stalled body");
+    assert!(
+        answer.is_empty(),
+        "stalled body: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_closed_after("stalled body", took, Duration::from_secs(BODY_GAP));
+
+    let (took, answer) = trickled_body.await.expect("trickled body");
+    assert!(
+        answer.is_empty(),
+        "trickled body: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Bytes at 1, 2, 3 s: by 3 s the server waited 3 s of its 3 + 3/4 s credit, and the
+    // fourth byte is due only at 4 s.
+    let credit = Duration::from_millis(BODY_GAP * 1000 + 3 * 1000 / BODY_MIN_RATE);
+    assert_closed_after("trickled body", took, credit);
+
+    for (kind, task) in [("steady", steady), ("steady chunked", steady_chunked)] {
+        let (sent_for, answer, next) = task.await.expect(kind);
+        assert!(
+            sent_for > Duration::from_secs(HEAD + BODY_GAP),
+            "{kind}: {sent_for:?}"
+        );
+        // An unknown email: 401, so the whole body arrived and was read.
+        assert!(answer.starts_with("HTTP/1.1 401 "), "{kind}: {answer}");
+        assert!(answer.contains("\"unauthenticated\""), "{kind}: {answer}");
+        assert!(
+            next.starts_with("HTTP/1.1 200 "),
+            "{kind}, next request: {next}"
+        );
+    }
+
+    let (status, took) = slow_handler.await.expect("slow handler");
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        took >= Duration::from_secs(BODY_GAP + 1),
+        "the handler waited for the lock: {took:?}"
+    );
+    let (_, me) = server.get("/v1/auth", Some(&token)).await;
+    assert_eq!(me["data"]["user"]["bio"], json!("patient"), "{me}");
+
+    // Exactly the three slow connections were closed by the rules.
+    let metrics = server
+        .http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for (rule, closed) in [("head", 1), ("body", 2)] {
+        let line = format!("http_slow_clients_closed_total{{rule=\"{rule}\"}} {closed}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(40));
+}
+
+/// Panics unless the connection was closed `bound` (-0.5 s, +3 s) after the clock started.
+fn assert_closed_after(what: &str, took: Duration, bound: Duration) {
+    assert!(
+        took + Duration::from_millis(500) >= bound && took < bound + Duration::from_secs(3),
+        "{what}: closed after {took:?}, the bound is {bound:?}"
+    );
+}
+
+/// Asks `/healthz` every 500 ms for `wait`; each answer must be 200. How many were answered.
+async fn healthz_for(server: &Server, wait: Duration) -> u32 {
+    let deadline = Instant::now() + wait;
+    let mut answered = 0;
+    while Instant::now() < deadline {
+        let (status, body) = server.get("/healthz", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    answered
+}
+
+/// Waits `wait`, failing if the socket is closed meanwhile (frames that arrive are skipped).
+async fn stays_open(ws: &mut crate::helpers::Ws, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if let Some(crate::helpers::Incoming::Closed(code)) = ws.next_within(left).await {
+            panic!("the socket was closed ({code:?})");
+        }
+    }
+}
+
+/// A connection on which a first request was answered (so what follows is not its first head,
+/// which actix bounds by itself).
+struct KeptAlive {
+    addr: String,
+}
+
+fn kept_alive(addr: String) -> KeptAlive {
+    KeptAlive { addr }
+}
+
+impl KeptAlive {
+    async fn open(&self) -> TcpStream {
+        let mut conn = TcpStream::connect(&self.addr).await.expect("connect");
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_response(&mut conn).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        conn
+    }
+
+    /// Sends a head a byte a second (never ending it); returns how long after its first byte
+    /// the server closed the connection, and what it answered.
+    async fn then_trickle_a_head(self) -> (Duration, Vec<u8>) {
+        let conn = self.open().await;
+        let (mut reader, mut writer) = conn.into_split();
+        let first_byte = Instant::now();
+        let trickle = async move {
+            let head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ";
+            for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+                if writer.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            answer = read_until_closed_half(&mut reader, Duration::from_secs(30)) => {
+                (first_byte.elapsed(), answer)
+            }
+            _ = trickle => unreachable!("the trickle never ends"),
+        }
+    }
+
+    /// Sends a POST head and 10 of the 60 bytes of its body, then nothing; returns how long
+    /// after that the server closed the connection, and what it answered.
+    async fn then_stall_a_body(self) -> (Duration, Vec<u8>) {
+        let mut conn = self.open().await;
+        conn.write_all(
+            b"POST /v1/auth/sign-in HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+              Content-Length: 60\r\n\r\n{\"email\":",
+        )
+        .await
+        .expect("write");
+        let stalled = Instant::now();
+        let answer = read_until_closed(&mut conn, Duration::from_secs(30)).await;
+        (stalled.elapsed(), answer)
+    }
+
+    /// Sends a POST head (`Content-Length: 60`), then a byte of its body a second; returns
+    /// how long after the head the server closed the connection, and what it answered.
+    async fn then_trickle_a_body(self) -> (Duration, Vec<u8>) {
+        let conn = self.open().await;
+        let (mut reader, mut writer) = conn.into_split();
+        writer
+            .write_all(
+                b"POST /v1/auth/sign-in HTTP/1.1\r\nHost: t\r\n\
+                  Content-Type: application/json\r\nContent-Length: 60\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let head_sent = Instant::now();
+        let trickle = async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if writer.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            answer = read_until_closed_half(&mut reader, Duration::from_secs(30)) => {
+                (head_sent.elapsed(), answer)
+            }
+            _ = trickle => unreachable!("the trickle never ends"),
+        }
+    }
+
+    /// Sends a sign-in body 4 bytes every 0.6 s (chunked: one chunk a second); returns how long
+    /// that took, the answer, and the answer to a next request on the same connection.
+    async fn then_send_a_body_slowly(self, chunked: bool) -> (Duration, String, String) {
+        let mut conn = self.open().await;
+        let body = br#"{"email":"nobody@example.com","password":"password-1"}"#;
+        let framing = if chunked {
+            "Transfer-Encoding: chunked".to_string()
+        } else {
+            format!("Content-Length: {}", body.len())
+        };
+        let head = format!(
+            "POST /v1/auth/sign-in HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+             {framing}\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.expect("write head");
+        let sending = Instant::now();
+        for piece in body.chunks(4) {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let piece = if chunked {
+                let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+                framed.extend_from_slice(piece);
+                framed.extend_from_slice(b"\r\n");
+                framed
+            } else {
+                piece.to_vec()
+            };
+            conn.write_all(&piece).await.expect("write body");
+        }
+        if chunked {
+            conn.write_all(b"0\r\n\r\n").await.expect("last chunk");
+        }
+        let sent_for = sending.elapsed();
+        let answer = read_response(&mut conn).await;
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let next = read_response(&mut conn).await;
+        (sent_for, answer, next)
+    }
+}
+
+/// One whole response (head and `Content-Length` body) as text; fails after 30 s.
+async fn read_response(conn: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().expect("Content-Length"))
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+        }
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => panic!(
+                "no whole response in 30 s: {}",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                panic!("closed mid-response: {}", String::from_utf8_lossy(&got))
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// [`read_until_closed`] on a read half.
+async fn read_until_closed_half(
+    conn: &mut tokio::net::tcp::OwnedReadHalf,
+    limit: Duration,
+) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 1024];
     let deadline = tokio::time::Instant::now() + limit;
