@@ -70,6 +70,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(ws::hub::listen_for_remote_pushes(
             hub.clone(),
             store.db.clone(),
+            store.projector.origin().to_string(),
             stop_rx.clone(),
         )),
     ];
@@ -298,18 +299,6 @@ async fn housekeeping(state: web::Data<AppState>, mut stop: watch::Receiver<bool
             Ok(n) => tracing::info!(rows = n, "pruned old pushes"),
             Err(error) => tracing::warn!(%error, "pruning pushes failed"),
         }
-    }
-}
-
-/// glibc raises its mmap threshold after a large block is freed, so argon2's 19 MiB blocks
-/// (one per password hash) end up in the per-thread heaps and stay there: 64 sign-ups grew
-/// the server by 1.4 GiB. A fixed threshold keeps every block over 1 MiB in its own mapping,
-/// which goes back to the system when freed.
-pub fn return_large_blocks_to_the_os() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter (it takes the allocator's own locks).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

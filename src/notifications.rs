@@ -26,6 +26,8 @@ use crate::store::system_metadata;
 
 /// Feed rows one round claims at most.
 const BATCH: i64 = 200;
+/// Shortest time between two dispatch rounds.
+const PACE: Duration = Duration::from_millis(100);
 /// Fallback poll: picks up feed rows other instances wrote.
 const POLL: Duration = Duration::from_millis(500);
 /// Longest notification body, in characters (the rest is cut with `…`).
@@ -37,6 +39,7 @@ const STALE_CALL_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 
 pub async fn run_dispatcher(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
     loop {
+        let started = tokio::time::Instant::now();
         match dispatch_round(&state).await {
             // A full batch: more may be waiting.
             Ok(claimed) if claimed as i64 >= BATCH => continue,
@@ -46,6 +49,12 @@ pub async fn run_dispatcher(state: web::Data<AppState>, mut stop: watch::Receive
         tokio::select! {
             _ = state.store.projector.push_wake.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => return,
+        }
+        // At most one round per `PACE` when busy: every projector round wakes the dispatcher,
+        // and a notification to a phone gains nothing from a few milliseconds.
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + PACE) => {}
             _ = stop.changed() => return,
         }
     }

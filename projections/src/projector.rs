@@ -139,6 +139,9 @@ pub struct ProjectorStats {
 
 pub struct Projector {
     db: Db,
+    /// Names this instance in its feed `NOTIFY`s, so its own listener can ignore them (the
+    /// local tailer is woken in-process already).
+    origin: String,
     pub stats: ProjectorStats,
     /// The lowest checkpoint over all projections that this instance has seen committed.
     applied: watch::Sender<Checkpoint>,
@@ -153,12 +156,18 @@ impl Projector {
     pub fn new(db: Db) -> Arc<Self> {
         Arc::new(Projector {
             db,
+            origin: uuid::Uuid::new_v4().to_string(),
             stats: ProjectorStats::default(),
             applied: watch::channel(Checkpoint::default()).0,
             wake: Notify::new(),
             feed_written: Notify::new(),
             push_wake: Notify::new(),
         })
+    }
+
+    /// The payload of this instance's feed `NOTIFY`s.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Asks the running loop for a round now (after a local write).
@@ -268,7 +277,7 @@ impl Projector {
             store_checkpoints(&mut tx, &loaded, &checkpoints).await?;
             if effects.feed_rows > 0 {
                 // One NOTIFY per batch, never one per command: NOTIFY serialises commits.
-                notify_feed(&mut tx).await?;
+                notify_feed(&mut tx, &self.origin).await?;
             }
         }
         tx.commit().await?;
@@ -291,7 +300,7 @@ impl Projector {
         let mut tx = self.db.begin_write().await?;
         take_lock(&mut tx).await?;
         feed::push(&mut tx, user_id, action, payload, at).await?;
-        notify_feed(&mut tx).await?;
+        notify_feed(&mut tx, &self.origin).await?;
         tx.commit().await?;
         self.feed_written.notify_one();
         Ok(())
@@ -379,11 +388,12 @@ async fn take_lock(tx: &mut DbTx) -> Result<(), ProjectionError> {
 }
 
 /// Wakes the feed tailers of the other instances (PostgreSQL `NOTIFY`, sent at commit).
-async fn notify_feed(tx: &mut DbTx) -> Result<(), ProjectionError> {
+async fn notify_feed(tx: &mut DbTx, origin: &str) -> Result<(), ProjectionError> {
     if let DbTx::Postgres(_) = tx {
         with_tx!(tx, conn => {
-            sqlx::query("SELECT pg_notify($1, '')")
+            sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(FEED_CHANNEL)
+                .bind(origin)
                 .execute(conn)
                 .await
                 .map(|r| r.rows_affected())?

@@ -131,6 +131,9 @@ where
                 AppConfig::__priv_test_new(false, host.clone(), addr)
             }));
         fn_service(move |io: TcpStream| {
+            // Pushes and answers are small frames written as they come: without this, Nagle's
+            // algorithm holds one back until the client's delayed ACK (~40 ms).
+            let _ = io.set_nodelay(true);
             let peer = io.peer_addr().ok();
             let io = Guarded::new(io, options.limits, decoder_config.clone());
             async move { Ok::<_, DispatchError>((io, Protocol::Http1, peer)) }

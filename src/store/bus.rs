@@ -17,6 +17,7 @@ use rand::Rng;
 use sqlite_es::SqliteEventRepository;
 use talkamie_projections::{with_pool, Checkpoint, Db};
 
+use super::append::{Appended, Appender};
 use super::cache::Cached;
 use super::Store;
 
@@ -104,18 +105,21 @@ impl Store {
             return Err(CommandError::Overloaded);
         };
         let mut attempt = 0;
+        let appended = Appended::default();
         let (committed, decided_on) = loop {
             attempt += 1;
             let result = match &self.db {
                 Db::Sqlite(pool) => {
-                    let repo = SqliteEventRepository::new(pool.clone());
+                    let reads = SqliteEventRepository::new(pool.clone());
+                    let repo = Appender::new(reads, self.db.clone(), appended.clone());
                     let store =
                         PersistedEventStore::<_, A>::new_snapshot_store(repo, SNAPSHOT_EVERY);
                     self.decide_and_append(&store, id, command.clone(), metadata.clone())
                         .await
                 }
                 Db::Postgres(pool) => {
-                    let repo = PostgresEventRepository::new(pool.clone());
+                    let reads = PostgresEventRepository::new(pool.clone());
+                    let repo = Appender::new(reads, self.db.clone(), appended.clone());
                     let store =
                         PersistedEventStore::<_, A>::new_snapshot_store(repo, SNAPSHOT_EVERY);
                     self.decide_and_append(&store, id, command.clone(), metadata.clone())
@@ -143,8 +147,13 @@ impl Store {
         // models may not show yet (two sockets marking the same message read: the second one
         // answered "sent" when the first one's receipt was stored but not projected).
         let sequence = committed.last().map_or(decided_on, |last| last.sequence);
+        let landed = appended.lock().ok().and_then(|at| *at);
         if sequence > 0 {
-            let target = match self.position_of(A::TYPE, id, sequence).await {
+            let target = match landed.filter(|_| !committed.is_empty()) {
+                Some(target) => Ok(target),
+                None => self.position_of(A::TYPE, id, sequence).await,
+            };
+            let target = match target {
                 Ok(target) => target,
                 // A no-op on an aggregate whose last event is gone (tampered with): nothing
                 // to wait for; the audit reports the tampering.

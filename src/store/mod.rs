@@ -1,6 +1,7 @@
 //! Event store wiring: SQLite (embedded default) or PostgreSQL, migrations, and the command
 //! bus that appends to the log through cqrs-es and answers after the read models caught up.
 
+mod append;
 mod bus;
 mod cache;
 mod secrets;

@@ -212,7 +212,12 @@ pub async fn run_tailer(hub: Arc<Hub>, store: Store, mut stop: watch::Receiver<b
 }
 
 /// PostgreSQL only: LISTEN for batches other instances wrote, and wake the tailer.
-pub async fn listen_for_remote_pushes(hub: Arc<Hub>, db: Db, mut stop: watch::Receiver<bool>) {
+pub async fn listen_for_remote_pushes(
+    hub: Arc<Hub>,
+    db: Db,
+    origin: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let Db::Postgres(pool) = db else { return };
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
@@ -232,6 +237,8 @@ pub async fn listen_for_remote_pushes(hub: Arc<Hub>, db: Db, mut stop: watch::Re
         loop {
             tokio::select! {
                 received = listener.recv() => match received {
+                    // This instance's own rounds woke its tailer already.
+                    Ok(notification) if notification.payload() == origin => {}
                     Ok(_) => hub.remote_wake.notify_one(),
                     Err(error) => {
                         tracing::warn!(%error, "LISTEN connection lost; reconnecting");

@@ -16,7 +16,8 @@ both_stores!(
     data_survives_a_restart,
     rebuilt_read_models_equal_the_live_ones,
     concurrent_writes_to_one_aggregate_are_retried,
-    commands_beyond_capacity_are_refused_with_503
+    commands_beyond_capacity_are_refused_with_503,
+    long_streams_snapshot_and_reload_exactly
 );
 
 async fn data_survives_a_restart(backend: Backend) {
@@ -338,4 +339,85 @@ async fn commands_beyond_capacity_are_refused_with_503(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["bio"], json!("after the burst"), "{body}");
+}
+
+/// A stream longer than two snapshots, appended from the in-memory copy of its aggregate:
+/// every snapshot lands with the right version and sequence, and after a restart (no copy, so
+/// a load from the last snapshot) the stream goes on where it was, without a gap or a repeat.
+async fn long_streams_snapshot_and_reload_exactly(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let env = [
+        ("TALKAMIE_WS_FRAMES_PER_SECOND", "1000"),
+        ("TALKAMIE_CHAT_MESSAGES_PER_MINUTE", "100000"),
+    ];
+    let server = Server::start_with(&db, &env).await;
+    let (senior, s_token, _) = server
+        .sign_up(&unique_email("long"), "password-1", "senior")
+        .await;
+    let (volunteer, v_token, _) = server
+        .sign_up(&unique_email("long"), "password-1", "volunteer")
+        .await;
+    let chat = server
+        .connect(&(senior, s_token.clone()), &(volunteer, v_token.clone()))
+        .await;
+    let send = |text: String| {
+        json!({"action": "chat.message.send", "requestId": text, "chatId": chat,
+               "message": {"text": text}})
+    };
+    let (mut ws, _) = server.ws_authenticated(&s_token, None).await;
+    for i in 0..230 {
+        let reply = ws.request(send(format!("m{i}"))).await;
+        assert_eq!(reply["success"], json!(true), "{reply}");
+    }
+    let store = db.connect().await;
+    let sql = "SELECT current_snapshot, last_sequence FROM snapshots
+                WHERE aggregate_type = 'Pair' AND aggregate_id = $1";
+    let (version, last): (i64, i64) = with_pool!(&store, pool => {
+        sqlx::query_as(sql).bind(&chat).fetch_one(pool).await.expect("a snapshot")
+    });
+    let sql =
+        "SELECT MAX(sequence) FROM events WHERE aggregate_type = 'Pair' AND aggregate_id = $1";
+    let stream_end: i64 = with_pool!(&store, pool => {
+        sqlx::query_scalar(sql).bind(&chat).fetch_one(pool).await.expect("the stream")
+    });
+    // The pair's stream: request, accept, chat opened, then 230 messages.
+    assert!(stream_end >= 230, "{stream_end}");
+    assert_eq!(
+        version,
+        stream_end / 100,
+        "one snapshot version per 100 events"
+    );
+    assert_eq!(
+        last,
+        stream_end / 100 * 100,
+        "taken at the last multiple of 100"
+    );
+
+    server.stop().await;
+    let server = Server::start_with(&db, &env).await;
+    let (mut ws, _) = server.ws_authenticated(&s_token, None).await;
+    for i in 230..240 {
+        let reply = ws.request(send(format!("m{i}"))).await;
+        assert_eq!(reply["success"], json!(true), "{reply}");
+    }
+    let mut texts = Vec::new();
+    let mut path = format!("/v1/chat/{chat}/messages?pageSize=100");
+    loop {
+        let (status, body) = server.get(&path, Some(&v_token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for message in body["data"].as_array().expect("messages") {
+            texts.push(message["text"].as_str().expect("text").to_string());
+        }
+        match body["pagination"]["lastEvaluatedKey"].as_str() {
+            Some(key) => {
+                path = format!("/v1/chat/{chat}/messages?pageSize=100&lastEvaluatedKey={key}")
+            }
+            None => break,
+        }
+    }
+    texts.reverse();
+    let expected: Vec<String> = (0..240).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, expected);
 }
