@@ -440,13 +440,33 @@ pub async fn find_for_member_with_other(
     chat_id: &str,
     user_id: &str,
 ) -> Result<Option<ChatView>, sqlx::Error> {
+    Ok(find_for_sender(source, chat_id, user_id)
+        .await?
+        .map(|sendable| sendable.view))
+}
+
+/// A chat a member may send into, and that member's name (for the answer).
+#[derive(Debug, Clone, FromRow)]
+pub struct Sendable {
+    #[sqlx(flatten)]
+    pub view: ChatView,
+    pub member_name: Option<String>,
+}
+
+/// `find_for_member_with_other`, with the member's name.
+pub async fn find_for_sender(
+    source: Source<'_>,
+    chat_id: &str,
+    user_id: &str,
+) -> Result<Option<Sendable>, sqlx::Error> {
     let sql = format!(
-        "SELECT {CHAT_VIEW_COLUMNS} FROM chats c JOIN chat_members m ON m.chat_id = c.id
+        "SELECT {CHAT_VIEW_COLUMNS}, (SELECT name FROM users me WHERE me.id = m.user_id) AS member_name
+           FROM chats c JOIN chat_members m ON m.chat_id = c.id
           WHERE c.id = $1 AND m.user_id = $2
             AND EXISTS (SELECT 1 FROM users u WHERE u.id = m.other_id AND u.deleted_at IS NULL)"
     );
     with_source!(source, conn => {
-        sqlx::query_as::<_, ChatView>(&sql).bind(chat_id).bind(user_id).fetch_optional(conn).await
+        sqlx::query_as::<_, Sendable>(&sql).bind(chat_id).bind(user_id).fetch_optional(conn).await
     })
 }
 
@@ -612,6 +632,40 @@ const MESSAGE_COLUMNS: &str = "x.id, x.chat_id, x.seq, x.sender_id, u.name AS se
     s.recurrence AS schedule_recurrence, s.starts_at AS schedule_from, s.ends_at AS schedule_to";
 
 impl MessageRow {
+    /// A text message as the projector stores it when it is sent: nobody has received it yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sent_text(
+        chat_id: &str,
+        message_id: &str,
+        seq: i64,
+        sender: &str,
+        sender_name: Option<String>,
+        text: &str,
+        client_id: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> MessageRow {
+        MessageRow {
+            id: message_id.to_string(),
+            chat_id: chat_id.to_string(),
+            seq,
+            sender_id: sender.to_string(),
+            sender_name,
+            client_id: client_id.map(str::to_string),
+            message_type: "text".to_string(),
+            text: text.to_string(),
+            is_request: false,
+            delivery_status: "sent".to_string(),
+            delivery_at: at,
+            created_at: at,
+            ref_id: None,
+            schedule_title: None,
+            schedule_type: None,
+            schedule_recurrence: None,
+            schedule_from: None,
+            schedule_to: None,
+        }
+    }
+
     /// `basic_chat_message`.
     pub fn to_json(&self) -> Value {
         let mut message = json!({

@@ -118,18 +118,15 @@ async fn extended_user(
     Ok(Some(rendered))
 }
 
-/// `user.update` with the user's `extended_user` as it is now.
+/// `user.update` with the user's `extended_user`, rendered when the round's pushes are
+/// written (see [`Pushes`]).
 async fn user_update(
-    tx: &mut DbTx,
+    _tx: &mut DbTx,
     out: &mut Pushes,
     user_id: &str,
     at: DateTime<Utc>,
 ) -> Result<usize, ProjectionError> {
-    let Some(rendered) = extended_user(tx, user_id, at).await? else {
-        return Ok(0);
-    };
-    let payload = json!({ "user": rendered });
-    out.add(user_id, "user.update", &payload, at);
+    out.add_user_update(user_id, at);
     Ok(1)
 }
 
@@ -577,12 +574,13 @@ async fn inbox_pushes(
     Ok(1)
 }
 
-/// A push rendered in this round, not yet written.
+/// A push of this round, not yet written.
 #[derive(Debug, Clone)]
 struct NewPush {
     user_id: String,
     action: String,
-    payload: Value,
+    /// `None`: a `user.update`, rendered when the round's pushes are written.
+    payload: Option<Value>,
     at: DateTime<Utc>,
 }
 
@@ -592,6 +590,11 @@ const ROWS_PER_INSERT: usize = 1000;
 /// The pushes a projector round renders, written together before it commits (one multi-row
 /// INSERT instead of a round trip per push on the projector's serial path). Rows keep the
 /// order they were added in, so feed positions follow the log.
+///
+/// `user.update` carries the whole `extended_user` as it is now, so one that a later one of
+/// the same round replaces tells nothing: a round renders each user's `user.update` once,
+/// from the state the round leaves, at the place of the last one (a busy volunteer's
+/// bookings and a wallet's postings cost one render a round instead of one an event).
 #[derive(Debug, Default)]
 pub struct Pushes {
     pending: Vec<NewPush>,
@@ -603,19 +606,50 @@ impl Pushes {
         self.pending.push(NewPush {
             user_id: user_id.to_string(),
             action: action.to_string(),
-            payload: payload.clone(),
+            payload: Some(payload.clone()),
             at,
         });
     }
 
-    /// Pushes added in this round so far (written or not).
-    pub fn total(&self) -> usize {
-        self.written + self.pending.len()
+    /// A `user.update` for `user_id`, rendered when the pushes are written.
+    pub fn add_user_update(&mut self, user_id: &str, at: DateTime<Utc>) {
+        self.pending.push(NewPush {
+            user_id: user_id.to_string(),
+            action: "user.update".to_string(),
+            payload: None,
+            at,
+        });
     }
 
-    /// Writes the pending pushes into `tx`.
+    /// Pushes written so far.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// Renders the pending `user.update`s and writes the pending pushes into `tx`.
     pub async fn flush(&mut self, tx: &mut DbTx) -> Result<(), ProjectionError> {
-        for chunk in self.pending.chunks(ROWS_PER_INSERT) {
+        let pending = std::mem::take(&mut self.pending);
+        let last_update: std::collections::HashMap<&str, usize> = pending
+            .iter()
+            .enumerate()
+            .filter(|(_, push)| push.payload.is_none())
+            .map(|(i, push)| (push.user_id.as_str(), i))
+            .collect();
+        let mut rows: Vec<NewPush> = Vec::with_capacity(pending.len());
+        for (i, push) in pending.iter().enumerate() {
+            let mut push = push.clone();
+            if push.payload.is_none() {
+                if last_update.get(push.user_id.as_str()) != Some(&i) {
+                    continue;
+                }
+                let Some(user) = extended_user(tx, &push.user_id, push.at).await? else {
+                    continue;
+                };
+                push.payload = Some(json!({ "user": user }));
+            }
+            rows.push(push);
+        }
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     format!(
@@ -634,13 +668,16 @@ impl Pushes {
             with_tx!(tx, conn => {
                 let mut query = sqlx::query(&sql);
                 for row in chunk {
-                    query = query.bind(&row.user_id).bind(&row.action).bind(Json(&row.payload)).bind(row.at);
+                    query = query
+                        .bind(&row.user_id)
+                        .bind(&row.action)
+                        .bind(Json(&row.payload))
+                        .bind(row.at);
                 }
                 query.execute(conn).await.map(|r| r.rows_affected())?
             });
         }
-        self.written += self.pending.len();
-        self.pending.clear();
+        self.written += rows.len();
         Ok(())
     }
 }
@@ -680,6 +717,39 @@ pub async fn read_after(db: &Db, after: i64, limit: i64) -> Result<Vec<FeedRow>,
         sqlx::query_as(sql).bind(after).bind(limit).fetch_all(pool).await?
     });
     Ok(to_rows(raw))
+}
+
+/// A feed row whose payload is kept as the JSON text it was stored as (the instance tailer
+/// splices it into push frames without parsing it into a tree and printing it again).
+#[derive(Debug)]
+pub struct RawFeedRow {
+    pub position: i64,
+    pub user_id: String,
+    pub action: String,
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
+/// Rows of every user after `after`, payloads as JSON text (the instance tailer).
+pub async fn read_raw_after(
+    db: &Db,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<RawFeedRow>, sqlx::Error> {
+    let sql = "SELECT position, user_id, action, payload FROM feed
+                WHERE position > $1 ORDER BY position LIMIT $2";
+    type Raw = (i64, String, String, Json<Box<serde_json::value::RawValue>>);
+    let raw: Vec<Raw> = with_pool!(db, pool => {
+        sqlx::query_as(sql).bind(after).bind(limit).fetch_all(pool).await?
+    });
+    Ok(raw
+        .into_iter()
+        .map(|(position, user_id, action, payload)| RawFeedRow {
+            position,
+            user_id,
+            action,
+            payload: payload.0,
+        })
+        .collect())
 }
 
 /// Rows of every user after `after`, inside a transaction (the push dispatcher's claim).

@@ -166,26 +166,16 @@ impl Renderer {
     /// The pushes of one message: `chat.message.new` to every member (the recipient, and the
     /// sender's other sockets) and `chats.update` to the recipients (as `feed` renders them).
     fn render(&self, message: &SentMessage, members: &[&ChatView], out: &mut Pushes) {
-        let row = MessageRow {
-            id: message.message_id.clone(),
-            chat_id: message.chat_id.clone(),
-            seq: message.seq,
-            sender_id: message.sender.clone(),
-            sender_name: self.users.get(&message.sender).and_then(|u| u.name.clone()),
-            client_id: message.client_id.clone(),
-            message_type: "text".to_string(),
-            text: message.text.clone(),
-            is_request: false,
-            delivery_status: "sent".to_string(),
-            delivery_at: message.at,
-            created_at: message.at,
-            ref_id: None,
-            schedule_title: None,
-            schedule_type: None,
-            schedule_recurrence: None,
-            schedule_from: None,
-            schedule_to: None,
-        };
+        let row = MessageRow::sent_text(
+            &message.chat_id,
+            &message.message_id,
+            message.seq,
+            &message.sender,
+            self.users.get(&message.sender).and_then(|u| u.name.clone()),
+            &message.text,
+            message.client_id.as_deref(),
+            message.at,
+        );
         let rendered = row.to_json();
         for view in members {
             let viewer = json!({

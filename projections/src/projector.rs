@@ -271,7 +271,7 @@ impl Projector {
         pushes.flush(&mut tx).await?;
         let effects = BatchEffects {
             events: events.len(),
-            feed_rows: pushes.total(),
+            feed_rows: pushes.written(),
         };
         if !events.is_empty() {
             store_checkpoints(&mut tx, &loaded, &checkpoints).await?;

@@ -6,9 +6,9 @@ use actix_web::{get, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use talkamie_aggregates::pair::{PairCommand, Receipt, MAX_TEXT_CHARS};
+use talkamie_aggregates::pair::{PairCommand, PairEvent, Receipt, MAX_TEXT_CHARS};
 use talkamie_projections::chat_views;
-use talkamie_projections::chats::{self, ChatList, ChatView};
+use talkamie_projections::chats::{self, ChatList, ChatView, MessageRow};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -287,8 +287,10 @@ pub async fn send_message(
     let chat_id = required_text(frame, "chatId")?;
     let text = message_text(frame)?;
     let client_id = client_id(frame)?;
-    member_chat(state, &chat_id, &who.user_id).await?;
-    store_message(state, who, chat_id, text, client_id).await
+    let sendable = chats::find_for_sender((&state.store.db).into(), &chat_id, &who.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("chat"))?;
+    store_message(state, who, chat_id, text, client_id, sendable.member_name).await
 }
 
 /// `message.text` of a send frame: 1..4000 characters (chats and support).
@@ -406,6 +408,7 @@ async fn store_message(
     chat_id: String,
     text: String,
     client_id: Option<String>,
+    sender_name: Option<String>,
 ) -> Result<Value, ApiError> {
     if let Some(client_id) = &client_id {
         if let Some(first) =
@@ -426,22 +429,37 @@ async fn store_message(
         at: Utc::now(),
     };
     let events = execute_pair(state, &chat_id, command, who.metadata()).await?;
-    let stored = if events.is_empty() {
+    // The answer is the message as the projector stored it, made from the event it stored
+    // (the read models include it by now; reading it back would be one more query a message).
+    let sent = events.into_iter().find_map(|event| match event {
+        PairEvent::MessageSent {
+            message_id,
+            sender,
+            text,
+            client_id,
+            attachment: None,
+            seq,
+            at,
+        } => Some(MessageRow::sent_text(
+            &chat_id,
+            &message_id,
+            i64::try_from(seq).unwrap_or(i64::MAX),
+            &sender,
+            sender_name.clone(),
+            &text,
+            client_id.as_deref(),
+            at,
+        )),
+        _ => None,
+    });
+    let stored = match (sent, &client_id) {
+        (Some(sent), _) => Some(sent),
         // A concurrent retry stored it first: answer with that one.
-        match &client_id {
-            Some(client_id) => {
-                chats::message_by_client_id(
-                    (&state.store.db).into(),
-                    &chat_id,
-                    &who.user_id,
-                    client_id,
-                )
+        (None, Some(client_id)) => {
+            chats::message_by_client_id((&state.store.db).into(), &chat_id, &who.user_id, client_id)
                 .await?
-            }
-            None => None,
         }
-    } else {
-        chats::message((&state.store.db).into(), &message_id).await?
+        (None, None) => chats::message((&state.store.db).into(), &message_id).await?,
     };
     let message = stored.ok_or_else(|| ApiError::unavailable("the message is not readable yet"))?;
     Ok(json!({"chat": {"id": chat_id}, "message": message.to_json()}))

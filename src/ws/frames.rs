@@ -2,7 +2,7 @@
 //! their feed `position`.
 
 use serde_json::{json, Value};
-use talkamie_projections::feed::FeedRow;
+use talkamie_projections::feed::{FeedRow, RawFeedRow};
 
 use crate::http::envelope::ApiError;
 
@@ -113,6 +113,90 @@ pub fn error(id: &FrameId, error: &ApiError) -> String {
     body.to_string()
 }
 
-pub fn push(row: &FeedRow) -> String {
-    json!({ "action": row.action, "data": row.payload, "position": row.position }).to_string()
+/// A push as it goes out: its feed position, its action and the whole frame's text, made
+/// once and sent as is to every socket of its user.
+#[derive(Debug)]
+pub struct PushFrame {
+    pub position: i64,
+    pub action: String,
+    pub text: String,
+}
+
+impl PushFrame {
+    /// `{"action", "data", "position"}` around a payload kept as JSON text (no parse, no
+    /// print: the tailer's way, once per row).
+    pub fn from_raw(row: &RawFeedRow) -> PushFrame {
+        let action = Value::String(row.action.clone());
+        PushFrame {
+            position: row.position,
+            action: row.action.clone(),
+            text: format!(
+                r#"{{"action":{action},"data":{},"position":{}}}"#,
+                row.payload.get(),
+                row.position
+            ),
+        }
+    }
+
+    pub fn from_row(row: &FeedRow) -> PushFrame {
+        PushFrame {
+            position: row.position,
+            action: row.action.clone(),
+            text: render(&row.action, &row.payload, row.position),
+        }
+    }
+
+    /// The payload, parsed (for the few pushes a socket must look into).
+    pub fn data(&self) -> Value {
+        serde_json::from_str::<Value>(&self.text)
+            .map(|mut frame| frame["data"].take())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The same push with another payload (file URLs signed for this socket).
+    pub fn with_data(&self, data: &Value) -> String {
+        render(&self.action, data, self.position)
+    }
+}
+
+fn render(action: &str, data: &Value, position: i64) -> String {
+    json!({ "action": action, "data": data, "position": position }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spliced_push_reads_as_a_rendered_one() {
+        let payload = json!({"chat": {"id": "c\"1"}, "message": {"text": "hé\n\u{2028}"}});
+        let raw = RawFeedRow {
+            position: 42,
+            user_id: "u".into(),
+            action: "chat.message.new".into(),
+            // As PostgreSQL prints jsonb: its own spacing and key order.
+            payload: serde_json::value::RawValue::from_string(
+                r#"{"chat": {"id": "c\"1"}, "message": {"text": "hé\n\u2028"}}"#.into(),
+            )
+            .expect("raw json"),
+        };
+        let row = FeedRow {
+            position: 42,
+            user_id: "u".into(),
+            action: "chat.message.new".into(),
+            payload: payload.clone(),
+            created_at: chrono::Utc::now(),
+        };
+        let spliced = PushFrame::from_raw(&raw);
+        let rendered = PushFrame::from_row(&row);
+        let parsed = |f: &PushFrame| serde_json::from_str::<Value>(&f.text).expect("valid JSON");
+        assert_eq!(parsed(&spliced), parsed(&rendered));
+        assert_eq!(spliced.data(), payload);
+        assert_eq!(parsed(&spliced)["position"], json!(42));
+        let signed = spliced.with_data(&json!({"x": 1}));
+        assert_eq!(
+            serde_json::from_str::<Value>(&signed).expect("valid JSON")["data"],
+            json!({"x": 1})
+        );
+    }
 }

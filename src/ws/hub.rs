@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use talkamie_projections::feed::{self, FeedRow};
+use talkamie_projections::feed::{self, RawFeedRow};
+
+use super::frames::PushFrame;
 use talkamie_projections::projector::FEED_CHANNEL;
 use talkamie_projections::Db;
 use tokio::sync::{mpsc, watch, Notify};
@@ -23,7 +25,7 @@ const SOCKET_BUFFER: usize = 1024;
 const POLL_INTERVAL: Duration = Duration::from_millis(1000);
 const PAGE: i64 = 500;
 
-type Sender = mpsc::Sender<Arc<FeedRow>>;
+type Sender = mpsc::Sender<Arc<PushFrame>>;
 
 pub struct Hub {
     /// This instance in the shared `presence` table.
@@ -57,7 +59,7 @@ impl Hub {
         self.sockets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(&self, user_id: &str) -> (u64, mpsc::Receiver<Arc<FeedRow>>) {
+    pub fn register(&self, user_id: &str) -> (u64, mpsc::Receiver<Arc<PushFrame>>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(SOCKET_BUFFER);
         self.lock()
@@ -129,12 +131,14 @@ impl Hub {
         self.lock().values().map(Vec::len).sum()
     }
 
-    fn deliver(&self, row: FeedRow) {
-        let row = Arc::new(row);
+    /// Hands `row` to this instance's sockets of its user (most rows have none here: the
+    /// frame is made only for those that do).
+    fn deliver(&self, row: &RawFeedRow) {
         let mut sockets = self.lock();
         if let Some(list) = sockets.get_mut(&row.user_id) {
+            let frame = Arc::new(PushFrame::from_raw(row));
             // A full buffer drops that socket's sender; the socket sees it and closes.
-            list.retain(|(_, tx)| tx.try_send(row.clone()).is_ok());
+            list.retain(|(_, tx)| tx.try_send(frame.clone()).is_ok());
         }
     }
 
@@ -189,10 +193,10 @@ pub async fn run_tailer(hub: Arc<Hub>, store: Store, mut stop: watch::Receiver<b
         }
     };
     loop {
-        match feed::read_after(&store.background, last, PAGE).await {
+        match feed::read_raw_after(&store.background, last, PAGE).await {
             Ok(rows) => {
                 let full = rows.len() as i64 == PAGE;
-                for row in rows {
+                for row in &rows {
                     last = row.position;
                     hub.deliver(row);
                 }

@@ -13,12 +13,12 @@ use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use talkamie_projections::feed::{self, FeedRow};
+use talkamie_projections::feed;
 use talkamie_projections::profiles::FILE_URL_SCHEME;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::frames::{self, FrameId, Reply};
+use super::frames::{self, FrameId, PushFrame, Reply};
 use crate::auth::extractor::{authenticate, bearer};
 use crate::auth::Authenticated;
 use crate::calls;
@@ -75,7 +75,7 @@ pub async fn route(
 struct Feed {
     who: Authenticated,
     socket_id: u64,
-    rx: mpsc::Receiver<Arc<FeedRow>>,
+    rx: mpsc::Receiver<Arc<PushFrame>>,
     /// Highest position sent, so a row that arrives both by replay and live is sent once.
     last_sent: i64,
 }
@@ -434,7 +434,7 @@ impl Socket {
             let count = rows.len() as i64;
             for row in rows {
                 after = row.position;
-                if let Flow::Close(reason) = self.send_push(&row).await {
+                if let Flow::Close(reason) = self.send_push(&PushFrame::from_row(&row)).await {
                     return Err(reason);
                 }
             }
@@ -447,7 +447,7 @@ impl Socket {
     /// Sends `first` and every push already queued behind it (up to `PUSHES_AT_ONCE`). The
     /// loop takes one branch per turn and a frame's turn lasts as long as its command, so one
     /// push per turn fell behind under load: pushes queued until the socket was dropped.
-    async fn send_pushes(&mut self, first: Arc<FeedRow>) -> Flow {
+    async fn send_pushes(&mut self, first: Arc<PushFrame>) -> Flow {
         let mut next = Some(first);
         let mut sent = 0;
         while let Some(row) = next.take() {
@@ -462,30 +462,30 @@ impl Socket {
         Flow::Continue
     }
 
-    async fn send_push(&mut self, row: &FeedRow) -> Flow {
+    async fn send_push(&mut self, push: &PushFrame) -> Flow {
         let Some(feed) = &mut self.feed else {
             return Flow::Continue;
         };
-        if row.position <= feed.last_sent {
+        if push.position <= feed.last_sent {
             return Flow::Continue;
         }
-        feed.last_sent = row.position;
-        if row.action == feed::SESSION_ENDED {
+        feed.last_sent = push.position;
+        if push.action == feed::SESSION_ENDED {
             // Only the sockets of the ended session hear of it, and then they close.
-            if row.payload["sessionId"].as_str() != Some(feed.who.session_id.as_str()) {
+            if push.data()["sessionId"].as_str() != Some(feed.who.session_id.as_str()) {
                 return Flow::Continue;
             }
-            if let Flow::Close(reason) = self.send_text(frames::push(row)).await {
+            if let Flow::Close(reason) = self.send_text(push.text.clone()).await {
                 return Flow::Close(reason);
             }
             return close(CloseCode::Policy, "session ended");
         }
-        if row.payload.to_string().contains(FILE_URL_SCHEME) {
-            let mut signed = row.clone();
-            self.state.files.sign_urls(&mut signed.payload);
-            return self.send_text(frames::push(&signed)).await;
+        if push.text.contains(FILE_URL_SCHEME) {
+            let mut data = push.data();
+            self.state.files.sign_urls(&mut data);
+            return self.send_text(push.with_data(&data)).await;
         }
-        self.send_text(frames::push(row)).await
+        self.send_text(push.text.clone()).await
     }
 
     async fn send_text(&mut self, text: String) -> Flow {
@@ -504,7 +504,7 @@ impl Socket {
 }
 
 /// The next live row for an authenticated socket; never resolves before authentication.
-async fn next_row(feed: &mut Option<Feed>) -> Option<Arc<FeedRow>> {
+async fn next_row(feed: &mut Option<Feed>) -> Option<Arc<PushFrame>> {
     match feed {
         Some(feed) => feed.rx.recv().await,
         None => std::future::pending().await,

@@ -20,6 +20,7 @@ both_stores!(
     the_audit_finds_edited_and_deleted_events,
     a_thousand_concurrent_top_ups_and_withdrawals_leave_a_clean_audit,
     deleting_an_account_forfeits_its_balance,
+    concurrent_top_ups_push_growing_balances,
 );
 
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
@@ -902,4 +903,52 @@ async fn deleting_an_account_forfeits_its_balance(backend: Backend) {
         "{csv}"
     );
     server.stop().await;
+}
+
+/// Twelve top-ups of one senior paid at once: the projector takes several postings in one
+/// round and renders the owner's `user.update` once per round, from the state the round
+/// leaves. Whatever the rounds, the balances the owner's socket hears only grow, each is a sum
+/// of some of the top-ups, and the last one is the whole.
+async fn concurrent_top_ups_push_growing_balances(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = ledger_server(&db, &[]).await;
+    let (_, token) = user(&server, "senior").await;
+    let (mut ws, _) = server.ws_authenticated(&token, None).await;
+    let amounts: Vec<i64> = (1..=12).map(|i| 100 * i).collect();
+    let total: i64 = amounts.iter().sum();
+    let mut sessions = Vec::new();
+    for coins in &amounts {
+        sessions.push(open_top_up(&server, &token, *coins).await.1);
+    }
+    let server = std::sync::Arc::new(server);
+    let paid: Vec<_> = sessions
+        .into_iter()
+        .map(|session| {
+            let server = server.clone();
+            tokio::spawn(async move { checkout(&server, &session, "pay").await })
+        })
+        .collect();
+    for payment in paid {
+        let (status, html) = payment.await.expect("payment");
+        assert_eq!(status, StatusCode::OK, "{html}");
+    }
+    // Which sums of the top-ups are possible at all.
+    let mut sums = std::collections::BTreeSet::from([0i64]);
+    for coins in &amounts {
+        let more: Vec<i64> = sums.iter().map(|s| s + coins).collect();
+        sums.extend(more);
+    }
+    let mut last = 0;
+    while last < total {
+        let update = ws.push("user.update").await;
+        let balance = update["data"]["user"]["ledger"]["coins"]["balance"]
+            .as_i64()
+            .expect("a balance");
+        assert!(balance >= last, "balances only grow: {last} then {balance}");
+        assert!(sums.contains(&balance), "{balance} is no sum of top-ups");
+        last = balance;
+    }
+    assert_eq!(balance(&server, &token).await, total);
 }
