@@ -268,7 +268,18 @@ fn targets(r: &BTreeMap<String, Figures>) -> Vec<Target> {
         35_000.0,
         "`rpc`: `user.me` ≥ 35,000 round-trips/s over 32 sockets",
     ));
-    out.push(rate("rebuild", 50_000.0, "`rebuild` ≥ 50,000 events/s"));
+    out.push(rate(
+        "rebuild",
+        50_000.0,
+        "`rebuild` ≥ 50,000 events/s (the events the scenario generates: chat messages)",
+    ));
+    if r.contains_key("rebuild-bench-log") {
+        out.push(rate(
+            "rebuild-bench-log",
+            50_000.0,
+            "`rebuild` ≥ 50,000 events/s, the whole benchmark log (every scenario's events)",
+        ));
+    }
     out
 }
 
