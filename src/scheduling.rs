@@ -75,6 +75,22 @@ pub async fn execute(
         .map_err(|e| ApiError::from_command(e, calendar_rejected))
 }
 
+/// `execute` for a step a later step of the same saga follows: it does not wait for the read
+/// models (the last step does, and its events come after this one's).
+async fn execute_step(
+    state: &AppState,
+    user_id: &str,
+    command: CalendarCommand,
+    metadata: Metadata,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .execute_step::<Calendar>(user_id, command, metadata)
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::from_command(e, calendar_rejected))
+}
+
 /// A call's price: every started minute at the configured rate.
 pub fn price(state: &AppState, seconds: i64) -> i64 {
     talkamie_aggregates::call::price(seconds, state.settings.coins.call_coins_per_minute as i64)
@@ -99,7 +115,7 @@ pub async fn book(
         },
         at,
     };
-    execute(state, &schedule.senior_id, guest, metadata.clone()).await?;
+    execute_step(state, &schedule.senior_id, guest, metadata.clone()).await?;
     let host = CalendarCommand::Book {
         schedule: schedule.clone(),
         side: Side::Host {
@@ -143,15 +159,18 @@ pub async fn cancel(
     metadata: Metadata,
 ) -> Result<(), ApiError> {
     let at = state.clock.now();
-    for owner in [&schedule.volunteer_id, &schedule.senior_id] {
-        let release = CalendarCommand::Release {
+    let release = |owner: &str| -> (String, CalendarCommand) {
+        let command = CalendarCommand::Release {
             schedule_id: schedule.id.clone(),
             by: by.to_string(),
             at,
         };
-        execute(state, owner, release, metadata.clone()).await?;
-    }
-    Ok(())
+        (owner.to_string(), command)
+    };
+    let (volunteer, first) = release(&schedule.volunteer_id);
+    execute_step(state, &volunteer, first, metadata.clone()).await?;
+    let (senior, last) = release(&schedule.senior_id);
+    execute(state, &senior, last, metadata).await
 }
 
 /// Posts the `schedule` message of a new booking into the pair's chat (once per schedule).

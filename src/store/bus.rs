@@ -58,8 +58,19 @@ pub enum CommandError<E: std::error::Error> {
     Internal(String),
 }
 
+/// Whether a command's caller waits for the read models to include its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Projected {
+    /// Answers read from the read models (every command a client sees the end of).
+    Wait,
+    /// A saga's step whose next step decides on aggregates alone: the saga's last step waits,
+    /// and its events come after this one's in the log.
+    DontWait,
+}
+
 impl Store {
-    /// Executes `command` on aggregate `id`; returns the events it appended (maybe none).
+    /// Executes `command` on aggregate `id`; returns the events it appended (maybe none) once
+    /// the read models include them.
     pub async fn execute<A>(
         &self,
         id: &str,
@@ -70,9 +81,40 @@ impl Store {
         A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: Clone + Send,
     {
+        self.execute_and::<A>(id, command, metadata, Projected::Wait)
+            .await
+    }
+
+    /// `execute` for a saga step that is not the saga's last: it does not wait for the read
+    /// models (the last step's wait covers it), so a booking waits for the projector once.
+    pub async fn execute_step<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Clone + 'static,
+        A::Command: Clone + Send,
+    {
+        self.execute_and::<A>(id, command, metadata, Projected::DontWait)
+            .await
+    }
+
+    async fn execute_and<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: Metadata,
+        projected: Projected,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Clone + 'static,
+        A::Command: Clone + Send,
+    {
         let started = std::time::Instant::now();
         let result = self
-            .execute_within_capacity::<A>(id, command, metadata)
+            .execute_within_capacity::<A>(id, command, metadata, projected)
             .await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -94,6 +136,7 @@ impl Store {
         id: &str,
         command: A::Command,
         metadata: Metadata,
+        projected: Projected,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>>
     where
         A: Aggregate<Services = ()> + Clone + 'static,
@@ -146,6 +189,9 @@ impl Store {
         // aggregate's last event, which a concurrent writer may have appended and the read
         // models may not show yet (two sockets marking the same message read: the second one
         // answered "sent" when the first one's receipt was stored but not projected).
+        if projected == Projected::DontWait {
+            return Ok(committed.into_iter().map(|e| e.payload).collect());
+        }
         let sequence = committed.last().map_or(decided_on, |last| last.sequence);
         let landed = appended.lock().ok().and_then(|at| *at);
         if sequence > 0 {
