@@ -340,7 +340,7 @@ impl Settings {
             ws_idle_timeout_secs: seconds("TALKAMIE_WS_IDLE_TIMEOUT_SECS", 60)?,
             ws_frames_per_second: rate("TALKAMIE_WS_FRAMES_PER_SECOND", 20)?,
             chat_messages_per_minute: rate("TALKAMIE_CHAT_MESSAGES_PER_MINUTE", 120)?,
-            max_commands_in_flight: rate("TALKAMIE_MAX_COMMANDS_IN_FLIGHT", 128)?,
+            max_commands_in_flight: rate("TALKAMIE_MAX_COMMANDS_IN_FLIGHT", 512)?,
             aggregate_cache: usize::try_from(number("TALKAMIE_AGGREGATE_CACHE", 10_000)?)
                 .context("TALKAMIE_AGGREGATE_CACHE is too large")?,
             request_head_timeout_secs: seconds("TALKAMIE_REQUEST_HEAD_TIMEOUT_SECS", 10)?.max(1),

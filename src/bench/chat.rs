@@ -44,6 +44,9 @@ struct Counters {
     /// Pushes received (the progress bar shows them).
     received: Arc<AtomicU64>,
     received_in_window: AtomicU64,
+    /// Sends the server refused (answered with an error) during the window: never stored, so
+    /// never pushed, and not counted again as lost.
+    refused_in_window: AtomicU64,
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<BenchResult> {
@@ -88,6 +91,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<BenchResult> {
     ));
     let waited = Instant::now();
     while counters.received_in_window.load(Ordering::Relaxed)
+        + counters.refused_in_window.load(Ordering::Relaxed)
         < counters.sent_in_window.load(Ordering::Relaxed)
         && waited.elapsed() < GRACE
     {
@@ -103,7 +107,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<BenchResult> {
 
     let sent = counters.sent_in_window.load(Ordering::Relaxed);
     let received = counters.received_in_window.load(Ordering::Relaxed);
-    let lost = sent.saturating_sub(received);
+    let refused = counters.refused_in_window.load(Ordering::Relaxed);
+    let lost = sent.saturating_sub(received + refused);
     let instances = if args.url2.is_some() { 2 } else { 1 };
     Ok(BenchResult {
         scenario: "chat".into(),
@@ -120,12 +125,13 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<BenchResult> {
                        "url2": args.url2}),
         duration_secs: window.seconds(),
         operations: received,
-        errors: all.errors + lost,
+        errors: refused + lost,
         throughput: received as f64 / window.seconds(),
         unit: "messages/s".into(),
         latency_ms: all.latency(),
         extra: json!({"sentInWindow": sent, "pushedInWindow": received, "lost": lost,
-                      "refused": all.errors, "targetRate": args.rate}),
+                      "refused": refused, "firstRefusal": all.first_error,
+                      "targetRate": args.rate}),
     })
 }
 
@@ -183,7 +189,13 @@ async fn read(
         if frame.get("position").is_none() {
             // A reply to this socket's own send.
             if frame["success"] != json!(true) && frame["requestId"] != Value::Null {
-                samples.errors += 1;
+                // The reply comes within the send's round trip: counted by when it arrives.
+                if window.counts(Instant::now()) {
+                    counters.refused_in_window.fetch_add(1, Ordering::Relaxed);
+                }
+                if samples.first_error.is_none() {
+                    samples.first_error = Some(frame.to_string());
+                }
             }
             continue;
         }

@@ -24,6 +24,8 @@ pub struct Latency {
 pub struct Samples {
     pub micros: Vec<u32>,
     pub errors: u64,
+    /// The first error's text, so a run with errors says what they were.
+    pub first_error: Option<String>,
 }
 
 impl Samples {
@@ -35,6 +37,9 @@ impl Samples {
     pub fn merge(&mut self, other: Samples) {
         self.micros.extend(other.micros);
         self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
     }
 
     pub fn latency(&self) -> Latency {

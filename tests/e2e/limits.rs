@@ -598,6 +598,82 @@ async fn read_until_closed(conn: &mut TcpStream, limit: Duration) -> Vec<u8> {
     }
 }
 
+/// The HTTP layer releases an idle connection's buffers (vendor/actix-http/PATCH.md) and gets
+/// new ones when the client speaks again. One kept-alive connection, idle between requests:
+/// a request far larger than the 8 KiB read buffer (a sign-in padded with 40 KiB of JSON
+/// whitespace, refused for its credentials), a response far larger than the write buffer
+/// (`/openapi.json`, compared with the same document fetched on a fresh connection), and two
+/// pipelined requests in one write, each answered in full and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_get_fresh_buffers_for_large_requests_and_responses() {
+    let Some(db) = TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    let server = Server::start(&db).await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let spec = reqwest::get(format!("{}/openapi.json", server.base))
+        .await
+        .expect("openapi")
+        .text()
+        .await
+        .expect("openapi text");
+    assert!(
+        spec.len() > 32 * 1024,
+        "the document is {} bytes",
+        spec.len()
+    );
+
+    let mut conn = TcpStream::connect(&addr).await.expect("connect");
+    let idle = || tokio::time::sleep(Duration::from_millis(200));
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_response(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+
+    idle().await;
+    let body = format!(
+        "{{{}\"email\": \"nobody@example.com\", \"password\": \"wrong-password\"}}",
+        " ".repeat(40 * 1024)
+    );
+    let head = format!(
+        "POST /v1/auth/sign-in HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(format!("{head}{body}").as_bytes())
+        .await
+        .expect("write");
+    let answer = read_response(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    assert!(answer.contains("\"success\":false"), "{answer}");
+
+    idle().await;
+    conn.write_all(b"GET /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_response(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{}", &answer[..200]);
+    let (_, document) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    assert_eq!(document, spec, "the large response arrived whole");
+
+    idle().await;
+    conn.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let first = read_response(&mut conn).await;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    let (_, rest) = first.split_once("\r\n\r\n").expect("head");
+    // The second answer may have arrived with the first.
+    let second = match rest.find("HTTP/1.1 ") {
+        Some(at) => rest[at..].to_string(),
+        None => read_response(&mut conn).await,
+    };
+    assert!(second.starts_with("HTTP/1.1 404 "), "{second}");
+}
+
 /// The server's bounds in the test below: a head must end within `HEAD` s of its first byte, a
 /// body may pause at most `BODY_GAP` s at a time, and in all `BODY_GAP` s plus 1 s per
 /// `BODY_MIN_RATE` bytes received (production: 10 s, 30 s, 500 bytes).
