@@ -238,21 +238,28 @@ fn targets(r: &BTreeMap<String, Figures>) -> Vec<Target> {
         50.0,
         "`chat` p99 ≤ 50 ms at 1,000 msg/s, two instances",
     ));
-    out.push(match r.get("sockets") {
+    // Two rows: the memory per socket is the server's doing; how many open can also be capped
+    // by the machine (open files per process, for the server and the load tool alike).
+    match r.get("sockets") {
         Some(f) => {
             let kib = f.kib_per_socket.unwrap_or(f64::NAN);
             let opened = f.opened.unwrap_or(0.0);
-            (
-                "`sockets`: 20,000 idle authenticated sockets at ≤ 12 KiB each".into(),
+            out.push((
+                "`sockets`: ≤ 12 KiB of server memory per idle authenticated socket".into(),
                 format!(
-                    "{opened:.0} open, {kib:.1} KiB each, ping p99 {:.2} ms",
+                    "{kib:.1} KiB each over {opened:.0} sockets, ping p99 {:.2} ms",
                     f.p99
                 ),
-                Some(opened >= 20_000.0 && kib <= 12.0),
-            )
+                Some(kib <= 12.0),
+            ));
+            out.push((
+                "`sockets`: 20,000 of them open on one instance".into(),
+                format!("{opened:.0} open"),
+                Some(opened >= 20_000.0),
+            ));
         }
-        None => ("`sockets` ≤ 12 KiB each".into(), "-".into(), None),
-    });
+        None => out.push(("`sockets` ≤ 12 KiB each".into(), "-".into(), None)),
+    }
     let rate = |name: &str, floor: f64, what: &str| -> Target {
         match r.get(name) {
             Some(f) => (
