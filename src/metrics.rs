@@ -41,6 +41,8 @@ pub const PROJECTOR_MESSAGE_RUNS: &str = "projector_message_runs_total";
 pub const COMMANDS: &str = "commands_total";
 /// Time a command took, until the read models included it, by `aggregate`.
 pub const COMMAND_DURATION: &str = "command_duration_seconds";
+/// Stale cached aggregates caught up with just the newer events after a conflict, by aggregate.
+pub const COMMAND_COPY_CATCH_UPS: &str = "command_copy_catch_ups_total";
 
 /// Upper bounds of the latency histograms (every metric named `*_seconds`).
 const SECONDS_BUCKETS: &[f64] = &[
@@ -85,6 +87,10 @@ fn describe() {
         "Authenticated WebSocket connections open on this instance"
     );
     metrics::describe_counter!(COMMANDS, "Commands executed, by aggregate and outcome");
+    metrics::describe_counter!(
+        COMMAND_COPY_CATCH_UPS,
+        "Stale cached aggregates caught up with the newer events after a conflict"
+    );
     metrics::describe_histogram!(
         COMMAND_DURATION,
         metrics::Unit::Seconds,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
@@ -154,18 +154,20 @@ impl Store {
             let result = match &self.db {
                 Db::Sqlite(pool) => {
                     let reads = SqliteEventRepository::new(pool.clone());
+                    let newer = SqliteEventRepository::new(pool.clone());
                     let repo = Appender::new(reads, self.db.clone(), appended.clone());
                     let store =
                         PersistedEventStore::<_, A>::new_snapshot_store(repo, SNAPSHOT_EVERY);
-                    self.decide_and_append(&store, id, command.clone(), metadata.clone())
+                    self.decide_and_append(&store, &newer, id, &command, &metadata, attempt)
                         .await
                 }
                 Db::Postgres(pool) => {
                     let reads = PostgresEventRepository::new(pool.clone());
+                    let newer = PostgresEventRepository::new(pool.clone());
                     let repo = Appender::new(reads, self.db.clone(), appended.clone());
                     let store =
                         PersistedEventStore::<_, A>::new_snapshot_store(repo, SNAPSHOT_EVERY);
-                    self.decide_and_append(&store, id, command.clone(), metadata.clone())
+                    self.decide_and_append(&store, &newer, id, &command, &metadata, attempt)
                         .await
                 }
             };
@@ -257,59 +259,112 @@ impl Store {
     /// conflict sends the command round again on a fresh load. A refusal or a no-op is decided
     /// on a fresh load, and so is an append across a snapshot boundary (cqrs-es checks the
     /// snapshot version, which must come from the database).
-    async fn decide_and_append<A, ES>(
+    /// Decides `command` and appends its events. On a cached copy when it can (see the
+    /// module's cache notes); a copy that another instance's appends made stale conflicts, and
+    /// if it was marked contended it is caught up with just the newer events and decided once
+    /// more, instead of a fresh load after a pause (two members of a chat on two instances
+    /// make each instance's copy stale at almost every message).
+    async fn decide_and_append<A, ES, R>(
         &self,
         store: &ES,
+        newer: &R,
         id: &str,
-        command: A::Command,
-        metadata: Metadata,
+        command: &A::Command,
+        metadata: &Metadata,
+        attempt: u32,
     ) -> Result<(Vec<EventEnvelope<A>>, usize), AggregateError<A::Error>>
     where
         A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: Clone,
         ES: EventStore<A, AC = EventStoreAggregateContext<A>>,
+        R: PersistedEventRepository,
     {
+        // A retry after a conflict: this aggregate has another writer.
+        let contended = attempt > 1;
         if let Some(cached) = self.aggregates.take::<A>(A::TYPE, id) {
+            // Deciding changes the copy in place: keep the state before it when a conflict
+            // is likely, to catch up from.
+            let mut before = cached
+                .contended
+                .then(|| (cached.aggregate.clone(), cached.sequence, cached.snapshot));
             let mut context = EventStoreAggregateContext {
                 aggregate_id: id.to_string(),
                 aggregate: cached.aggregate,
                 current_sequence: cached.sequence,
                 current_snapshot: cached.snapshot,
             };
-            let decided_on = context.current_sequence;
-            let sink = EventSink::default();
-            let decision = context
-                .aggregate()
-                .handle(command.clone(), &(), &sink)
-                .await;
-            let events = sink.collect().await;
-            if decision.is_ok()
-                && !events.is_empty()
-                && !snapshot_due(context.current_sequence, events.len())
-            {
-                return self
-                    .commit(store, id, events, context, metadata, decided_on)
+            // At most twice: as cached, then caught up once.
+            loop {
+                let decided_on = context.current_sequence;
+                let sink = EventSink::default();
+                let decision = context
+                    .aggregate()
+                    .handle(command.clone(), &(), &sink)
                     .await;
+                let events = sink.collect().await;
+                if decision.is_err()
+                    || events.is_empty()
+                    || snapshot_due(context.current_sequence, events.len())
+                {
+                    break;
+                }
+                let result = self
+                    .commit(
+                        store,
+                        id,
+                        events,
+                        context,
+                        metadata.clone(),
+                        cached.contended,
+                    )
+                    .await
+                    .map(|committed| (committed, decided_on));
+                match (result, before.take()) {
+                    (Err(error), Some((aggregate, sequence, snapshot))) if is_conflict(&error) => {
+                        match catch_up::<A, R>(newer, id, aggregate, sequence).await {
+                            // The snapshot version is only known from a fresh load.
+                            Ok((aggregate, caught_up))
+                                if caught_up / SNAPSHOT_EVERY == sequence / SNAPSHOT_EVERY =>
+                            {
+                                metrics::counter!(crate::metrics::COMMAND_COPY_CATCH_UPS,
+                                    "aggregate" => A::TYPE)
+                                .increment(1);
+                                context = EventStoreAggregateContext {
+                                    aggregate_id: id.to_string(),
+                                    aggregate,
+                                    current_sequence: caught_up,
+                                    current_snapshot: snapshot,
+                                };
+                            }
+                            _ => return Err(AggregateError::AggregateConflict),
+                        }
+                    }
+                    (result, _) => return result,
+                }
             }
         }
         let mut context = store.load_aggregate(id).await?;
         let decided_on = context.current_sequence;
         let sink = EventSink::default();
-        let decision = context.aggregate().handle(command, &(), &sink).await;
+        let decision = context
+            .aggregate()
+            .handle(command.clone(), &(), &sink)
+            .await;
         let events = sink.collect().await;
         if let Err(error) = decision {
             // Every aggregate decides before it writes: refused, the copy is as loaded.
             if events.is_empty() {
-                self.keep(id, context);
+                self.keep(id, context, contended);
             }
             return Err(AggregateError::UserError(error));
         }
         if events.is_empty() {
-            self.keep(id, context);
+            self.keep(id, context, contended);
             return Ok((vec![], decided_on));
         }
-        self.commit(store, id, events, context, metadata, decided_on)
+        self.commit(store, id, events, context, metadata.clone(), contended)
             .await
+            .map(|committed| (committed, decided_on))
     }
 
     /// Appends `events` decided on `context`, and caches the aggregate as they leave it.
@@ -320,8 +375,8 @@ impl Store {
         events: Vec<A::Event>,
         context: EventStoreAggregateContext<A>,
         metadata: Metadata,
-        decided_on: usize,
-    ) -> Result<(Vec<EventEnvelope<A>>, usize), AggregateError<A::Error>>
+        contended: bool,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>>
     where
         A: Aggregate<Services = ()> + Clone + 'static,
         ES: EventStore<A, AC = EventStoreAggregateContext<A>>,
@@ -336,7 +391,7 @@ impl Store {
         };
         let committed = store.commit(events, context, metadata).await?;
         let Some(last) = committed.last().map(|e| e.sequence) else {
-            return Ok((committed, decided_on));
+            return Ok(committed);
         };
         self.aggregates.put(
             A::TYPE,
@@ -345,13 +400,19 @@ impl Store {
                 aggregate: after,
                 sequence: last,
                 snapshot,
+                contended,
             },
         );
-        Ok((committed, decided_on))
+        Ok(committed)
     }
 
     /// Puts back a copy that a command did not change.
-    fn keep<A: Aggregate + 'static>(&self, id: &str, context: EventStoreAggregateContext<A>) {
+    fn keep<A: Aggregate + 'static>(
+        &self,
+        id: &str,
+        context: EventStoreAggregateContext<A>,
+        contended: bool,
+    ) {
         self.aggregates.put(
             A::TYPE,
             id,
@@ -359,9 +420,26 @@ impl Store {
                 aggregate: context.aggregate,
                 sequence: context.current_sequence,
                 snapshot: context.current_snapshot,
+                contended,
             },
         );
     }
+}
+
+/// Applies the events stored after `sequence` to `aggregate`; returns it and its new sequence.
+async fn catch_up<A: Aggregate, R: PersistedEventRepository>(
+    newer: &R,
+    id: &str,
+    mut aggregate: A,
+    sequence: usize,
+) -> Result<(A, usize), AggregateError<A::Error>> {
+    let mut reached = sequence;
+    for serialized in newer.get_last_events::<A>(id, sequence).await? {
+        let envelope = EventEnvelope::<A>::try_from(serialized)?;
+        reached = envelope.sequence;
+        aggregate.apply(envelope.payload);
+    }
+    Ok((aggregate, reached))
 }
 
 /// Whether appending `new_events` after `sequence` makes cqrs-es write a snapshot (its

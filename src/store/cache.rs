@@ -20,6 +20,9 @@ pub struct Cached<A> {
     pub sequence: usize,
     /// The version of its latest snapshot (cqrs-es checks it when it writes the next one).
     pub snapshot: Option<usize>,
+    /// Another writer appended to it lately (an append on this copy conflicted): the next
+    /// command keeps the state from before its decision, to catch up from it if it conflicts.
+    pub contended: bool,
 }
 
 type Key = (&'static str, String);
@@ -81,6 +84,7 @@ mod tests {
 
     fn cached(n: usize) -> Cached<String> {
         Cached {
+            contended: false,
             aggregate: format!("state {n}"),
             sequence: n,
             snapshot: None,

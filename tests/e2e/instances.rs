@@ -274,4 +274,23 @@ async fn instances_never_decide_on_a_stale_copy() {
         .collect();
     stored.reverse();
     assert_eq!(stored, sent, "each message stored once, in order");
+
+    // From the third send on each instance, its copy is known to be contended: a conflict is
+    // answered by catching the copy up with the other instance's messages, not by a reload.
+    let mut caught_up = 0.0;
+    for server in [&one, &two] {
+        let metrics = reqwest::get(format!("{}/metrics", server.base))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        caught_up += metrics
+            .lines()
+            .find(|l| l.starts_with("command_copy_catch_ups_total{aggregate=\"Pair\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    assert!(caught_up >= 10.0, "copies caught up: {caught_up}");
 }
