@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::http::connections::execute_pair;
 use crate::http::envelope::ApiError;
 use crate::state::AppState;
-use crate::store::{system_metadata, Metadata};
+use crate::store::{system_metadata, CommandError, Metadata};
 
 /// A guest hold this old without its host booking is a saga that stopped half-way.
 const ORPHAN_AFTER: chrono::Duration = chrono::Duration::seconds(60);
@@ -67,12 +67,12 @@ pub async fn execute(
     command: CalendarCommand,
     metadata: Metadata,
 ) -> Result<(), ApiError> {
-    state
-        .store
-        .execute::<Calendar>(user_id, command, metadata)
-        .await
-        .map(|_| ())
-        .map_err(|e| ApiError::from_command(e, calendar_rejected))
+    calendar_answer(
+        state
+            .store
+            .execute::<Calendar>(user_id, command, metadata)
+            .await,
+    )
 }
 
 /// `execute` for a step a later step of the same saga follows: it does not wait for the read
@@ -83,10 +83,17 @@ async fn execute_step(
     command: CalendarCommand,
     metadata: Metadata,
 ) -> Result<(), ApiError> {
-    state
-        .store
-        .execute_step::<Calendar>(user_id, command, metadata)
-        .await
+    calendar_answer(
+        state
+            .store
+            .execute_step::<Calendar>(user_id, command, metadata)
+            .await,
+    )
+}
+
+/// A calendar command's answer: nothing on success, its refusal in the envelope.
+fn calendar_answer<T>(result: Result<T, CommandError<CalendarError>>) -> Result<(), ApiError> {
+    result
         .map(|_| ())
         .map_err(|e| ApiError::from_command(e, calendar_rejected))
 }

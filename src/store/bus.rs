@@ -154,20 +154,18 @@ impl Store {
             let result = match &self.db {
                 Db::Sqlite(pool) => {
                     let reads = SqliteEventRepository::new(pool.clone());
-                    let newer = SqliteEventRepository::new(pool.clone());
                     let repo = Appender::new(reads, self.db.clone(), appended.clone());
                     let store =
                         PersistedEventStore::<_, A>::new_snapshot_store(repo, SNAPSHOT_EVERY);
-                    self.decide_and_append(&store, &newer, id, &command, &metadata, attempt)
+                    self.decide_and_append(&store, id, &command, &metadata, attempt)
                         .await
                 }
                 Db::Postgres(pool) => {
                     let reads = PostgresEventRepository::new(pool.clone());
-                    let newer = PostgresEventRepository::new(pool.clone());
                     let repo = Appender::new(reads, self.db.clone(), appended.clone());
                     let store =
                         PersistedEventStore::<_, A>::new_snapshot_store(repo, SNAPSHOT_EVERY);
-                    self.decide_and_append(&store, &newer, id, &command, &metadata, attempt)
+                    self.decide_and_append(&store, id, &command, &metadata, attempt)
                         .await
                 }
             };
@@ -264,10 +262,9 @@ impl Store {
     /// if it was marked contended it is caught up with just the newer events and decided once
     /// more, instead of a fresh load after a pause (two members of a chat on two instances
     /// make each instance's copy stale at almost every message).
-    async fn decide_and_append<A, ES, R>(
+    async fn decide_and_append<A, ES>(
         &self,
         store: &ES,
-        newer: &R,
         id: &str,
         command: &A::Command,
         metadata: &Metadata,
@@ -277,7 +274,6 @@ impl Store {
         A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: Clone,
         ES: EventStore<A, AC = EventStoreAggregateContext<A>>,
-        R: PersistedEventRepository,
     {
         // A retry after a conflict: this aggregate has another writer.
         let contended = attempt > 1;
@@ -321,7 +317,7 @@ impl Store {
                     .map(|committed| (committed, decided_on));
                 match (result, before.take()) {
                     (Err(error), Some((aggregate, sequence, snapshot))) if is_conflict(&error) => {
-                        match catch_up::<A, R>(newer, id, aggregate, sequence).await {
+                        match catch_up::<A>(&self.db, id, aggregate, sequence).await {
                             // The snapshot version is only known from a fresh load.
                             Ok((aggregate, caught_up))
                                 if caught_up / SNAPSHOT_EVERY == sequence / SNAPSHOT_EVERY =>
@@ -427,14 +423,27 @@ impl Store {
 }
 
 /// Applies the events stored after `sequence` to `aggregate`; returns it and its new sequence.
-async fn catch_up<A: Aggregate, R: PersistedEventRepository>(
-    newer: &R,
+/// The repository is made here, not per command: only a conflict on a contended copy needs it.
+async fn catch_up<A: Aggregate>(
+    db: &Db,
     id: &str,
     mut aggregate: A,
     sequence: usize,
 ) -> Result<(A, usize), AggregateError<A::Error>> {
+    let newer = match db {
+        Db::Postgres(pool) => {
+            PostgresEventRepository::new(pool.clone())
+                .get_last_events::<A>(id, sequence)
+                .await?
+        }
+        Db::Sqlite(pool) => {
+            SqliteEventRepository::new(pool.clone())
+                .get_last_events::<A>(id, sequence)
+                .await?
+        }
+    };
     let mut reached = sequence;
-    for serialized in newer.get_last_events::<A>(id, sequence).await? {
+    for serialized in newer {
         let envelope = EventEnvelope::<A>::try_from(serialized)?;
         reached = envelope.sequence;
         aggregate.apply(envelope.payload);
