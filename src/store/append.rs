@@ -150,7 +150,19 @@ async fn append<A: Aggregate>(
     } else {
         "RETURNING 0, position"
     };
-    let sql = format!("{INSERT_EVENTS}{} {returning}", values.join(", "));
+    // A single event (nearly every command) is inserted only if its place in the stream is
+    // free: a stale writer then writes nothing, where a failed INSERT would leave a dead row
+    // and dead index entries behind (two instances writing one chat hit this at most sends).
+    // Several events keep the plain INSERT: skipping some of them would store the rest.
+    let on_conflict = if events.len() == 1 {
+        "ON CONFLICT (aggregate_type, aggregate_id, sequence) DO NOTHING"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "{INSERT_EVENTS}{} {on_conflict} {returning}",
+        values.join(", ")
+    );
     // A macro, not a closure: the query's type depends on the store.
     macro_rules! insert {
         () => {{
@@ -174,6 +186,10 @@ async fn append<A: Aggregate>(
         Some((aggregate_id, payload, version)) => {
             let mut tx = db.begin_write().await?;
             let rows = with_tx!(&mut tx, conn => insert!().fetch_all(conn).await?);
+            if rows.len() < events.len() {
+                // The event's place was taken: no snapshot either (dropped, not committed).
+                return Err(AppendError::Conflict);
+            }
             let last_sequence = events.last().map_or(0, |e| e.sequence) as i64;
             write_snapshot::<A>(
                 &mut tx,
@@ -187,6 +203,10 @@ async fn append<A: Aggregate>(
             rows
         }
     };
+    // Fewer rows than events: the single event's place was taken (`ON CONFLICT DO NOTHING`).
+    if rows.len() < events.len() {
+        return Err(AppendError::Conflict);
+    }
     Ok(rows
         .into_iter()
         .map(|(xid, position)| Checkpoint { xid, position })

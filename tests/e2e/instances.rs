@@ -293,4 +293,22 @@ async fn instances_never_decide_on_a_stale_copy() {
             .unwrap_or(0.0);
     }
     assert!(caught_up >= 10.0, "copies caught up: {caught_up}");
+
+    // A stale single-event append writes nothing: no dead row (and no dead index entries) left
+    // in the log by the conflicts above. pgstattuple reads the table itself, not the
+    // statistics, which are reported late.
+    let talkamie_projections::Db::Postgres(pool) = db.connect().await else {
+        unreachable!("a PostgreSQL test database");
+    };
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        .execute(&pool)
+        .await
+        .expect("pgstattuple (PostgreSQL contrib)");
+    let (live, dead): (i64, i64) =
+        sqlx::query_as("SELECT tuple_count, dead_tuple_count FROM pgstattuple('events')")
+            .fetch_one(&pool)
+            .await
+            .expect("pgstattuple(events)");
+    assert!(live >= 20, "events: {live}");
+    assert_eq!(dead, 0, "dead rows in the log after {caught_up} conflicts");
 }
