@@ -781,7 +781,8 @@ pub async fn receipts_at(
 ) -> Result<Vec<MessageRow>, sqlx::Error> {
     messages_where(
         source,
-        "x.chat_id = $1 AND x.receipt_position = $2",
+        // `> 0` names the partial index's condition (a generic plan cannot see it in `$2`).
+        "x.chat_id = $1 AND x.receipt_position = $2 AND x.receipt_position > 0",
         &[Text(chat_id), Int(position)],
         "ORDER BY x.seq LIMIT 1000",
     )

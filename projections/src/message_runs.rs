@@ -219,6 +219,33 @@ fn value_groups(rows: usize, width: usize, template: impl Fn(&[String]) -> Strin
 }
 
 async fn insert_messages(tx: &mut DbTx, run: &[SentMessage]) -> Result<(), ProjectionError> {
+    if let DbTx::Postgres(tx) = tx {
+        // One array per column: the statement's text is the same for any run length, so it is
+        // prepared once per connection, and binding 7 arrays is cheaper than 7 values a row
+        // (a rebuild's runs of 500 messages were 3,500 parameters to parse and plan each time).
+        let mut columns = MessageColumns::with_capacity(run.len());
+        for m in run {
+            columns.push(m);
+        }
+        sqlx::query(
+            "INSERT INTO messages (id, chat_id, seq, sender_id, client_id, type, text, is_request,
+                                   delivery_status, delivery_at, created_at)
+             SELECT id, chat_id, seq, sender_id, client_id, 'text', text, FALSE, 'sent', at, at
+               FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
+                           $6::text[], $7::timestamptz[])
+                    AS m (id, chat_id, seq, sender_id, client_id, text, at)",
+        )
+        .bind(columns.ids)
+        .bind(columns.chat_ids)
+        .bind(columns.seqs)
+        .bind(columns.senders)
+        .bind(columns.client_ids)
+        .bind(columns.texts)
+        .bind(columns.ats)
+        .execute(&mut **tx)
+        .await?;
+        return Ok(());
+    }
     let values = value_groups(run.len(), 7, |p| {
         format!(
             "({}, {}, {}, {}, {}, 'text', {}, FALSE, 'sent', {}, {})",
@@ -301,4 +328,39 @@ async fn store_members(tx: &mut DbTx, views: &[ChatView]) -> Result<(), Projecti
     }
     exec(tx, &sql, &binds).await?;
     Ok(())
+}
+
+/// A run's messages column by column (PostgreSQL's `UNNEST` insert).
+struct MessageColumns<'a> {
+    ids: Vec<&'a str>,
+    chat_ids: Vec<&'a str>,
+    seqs: Vec<i64>,
+    senders: Vec<&'a str>,
+    client_ids: Vec<Option<&'a str>>,
+    texts: Vec<&'a str>,
+    ats: Vec<DateTime<Utc>>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        MessageColumns {
+            ids: Vec::with_capacity(n),
+            chat_ids: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            senders: Vec::with_capacity(n),
+            client_ids: Vec::with_capacity(n),
+            texts: Vec::with_capacity(n),
+            ats: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, m: &'a SentMessage) {
+        self.ids.push(&m.message_id);
+        self.chat_ids.push(&m.chat_id);
+        self.seqs.push(m.seq);
+        self.senders.push(&m.sender);
+        self.client_ids.push(m.client_id.as_deref());
+        self.texts.push(&m.text);
+        self.ats.push(m.at);
+    }
 }
