@@ -628,58 +628,86 @@ impl Pushes {
 
     /// Renders the pending `user.update`s and writes the pending pushes into `tx`.
     pub async fn flush(&mut self, tx: &mut DbTx) -> Result<(), ProjectionError> {
+        let rows = self.render(tx).await?;
+        write_pushes(tx, &rows).await
+    }
+
+    /// Renders the pending `user.update`s: the pushes to write, in order (counted as
+    /// written: the caller writes them, or the round fails).
+    pub async fn render(&mut self, tx: &mut DbTx) -> Result<Vec<ReadyPush>, ProjectionError> {
         let pending = std::mem::take(&mut self.pending);
-        let last_update: std::collections::HashMap<&str, usize> = pending
+        let last_update: std::collections::HashMap<String, usize> = pending
             .iter()
             .enumerate()
             .filter(|(_, push)| push.payload.is_none())
-            .map(|(i, push)| (push.user_id.as_str(), i))
+            .map(|(i, push)| (push.user_id.clone(), i))
             .collect();
-        let mut rows: Vec<NewPush> = Vec::with_capacity(pending.len());
-        for (i, push) in pending.iter().enumerate() {
-            let mut push = push.clone();
-            if push.payload.is_none() {
-                if last_update.get(push.user_id.as_str()) != Some(&i) {
-                    continue;
+        let mut rows: Vec<ReadyPush> = Vec::with_capacity(pending.len());
+        for (i, push) in pending.into_iter().enumerate() {
+            let payload = match push.payload {
+                Some(payload) => payload,
+                None => {
+                    if last_update.get(push.user_id.as_str()) != Some(&i) {
+                        continue;
+                    }
+                    let Some(user) = extended_user(tx, &push.user_id, push.at).await? else {
+                        continue;
+                    };
+                    json!({ "user": user })
                 }
-                let Some(user) = extended_user(tx, &push.user_id, push.at).await? else {
-                    continue;
-                };
-                push.payload = Some(json!({ "user": user }));
-            }
-            rows.push(push);
-        }
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    format!(
-                        "(${}, ${}, ${}, ${})",
-                        4 * i + 1,
-                        4 * i + 2,
-                        4 * i + 3,
-                        4 * i + 4
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO feed (user_id, action, payload, created_at) VALUES {}",
-                values.join(", ")
-            );
-            with_tx!(tx, conn => {
-                let mut query = sqlx::query(&sql);
-                for row in chunk {
-                    query = query
-                        .bind(&row.user_id)
-                        .bind(&row.action)
-                        .bind(Json(&row.payload))
-                        .bind(row.at);
-                }
-                query.execute(conn).await.map(|r| r.rows_affected())?
+            };
+            rows.push(ReadyPush {
+                user_id: push.user_id,
+                action: push.action,
+                payload,
+                at: push.at,
             });
         }
         self.written += rows.len();
-        Ok(())
+        Ok(rows)
     }
+}
+
+/// A push with its payload rendered, ready to be written.
+#[derive(Debug, Clone)]
+pub struct ReadyPush {
+    pub user_id: String,
+    pub action: String,
+    pub payload: Value,
+    pub at: DateTime<Utc>,
+}
+
+/// Writes `rows` in order, a multi-row INSERT per `ROWS_PER_INSERT`.
+pub async fn write_pushes(tx: &mut DbTx, rows: &[ReadyPush]) -> Result<(), ProjectionError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                format!(
+                    "(${}, ${}, ${}, ${})",
+                    4 * i + 1,
+                    4 * i + 2,
+                    4 * i + 3,
+                    4 * i + 4
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO feed (user_id, action, payload, created_at) VALUES {}",
+            values.join(", ")
+        );
+        with_tx!(tx, conn => {
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = query
+                    .bind(&row.user_id)
+                    .bind(&row.action)
+                    .bind(Json(&row.payload))
+                    .bind(row.at);
+            }
+            query.execute(conn).await.map(|r| r.rows_affected())?
+        });
+    }
+    Ok(())
 }
 
 /// Writes one push at once (a relayed call signal, outside any round).
