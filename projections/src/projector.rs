@@ -436,8 +436,6 @@ async fn load_checkpoints(
     Ok(map)
 }
 
-/// Writes the checkpoints that moved, in one statement (a round runs often: one row per
-/// projection and statement would be most of an idle-ish round's cost).
 /// The projections whose checkpoint this round moved, and where to.
 fn moved_checkpoints(
     loaded: &BTreeMap<Projection, Checkpoint>,
@@ -450,7 +448,8 @@ fn moved_checkpoints(
         .collect()
 }
 
-/// SQLite: the moved checkpoints in one upsert.
+/// SQLite: the moved checkpoints in one upsert (a round runs often: one row per projection and
+/// statement would be most of an idle-ish round's cost).
 async fn store_checkpoints(
     tx: &mut DbTx,
     moved: &[(Projection, Checkpoint)],
