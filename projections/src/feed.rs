@@ -598,7 +598,6 @@ const ROWS_PER_INSERT: usize = 1000;
 #[derive(Debug, Default)]
 pub struct Pushes {
     pending: Vec<NewPush>,
-    written: usize,
 }
 
 impl Pushes {
@@ -621,19 +620,13 @@ impl Pushes {
         });
     }
 
-    /// Pushes written so far.
-    pub fn written(&self) -> usize {
-        self.written
-    }
-
     /// Renders the pending `user.update`s and writes the pending pushes into `tx`.
     pub async fn flush(&mut self, tx: &mut DbTx) -> Result<(), ProjectionError> {
         let rows = self.render(tx).await?;
         write_pushes(tx, &rows).await
     }
 
-    /// Renders the pending `user.update`s: the pushes to write, in order (counted as
-    /// written: the caller writes them, or the round fails).
+    /// Renders the pending `user.update`s: the pushes to write, in order.
     pub async fn render(&mut self, tx: &mut DbTx) -> Result<Vec<ReadyPush>, ProjectionError> {
         let pending = std::mem::take(&mut self.pending);
         let last_update: std::collections::HashMap<String, usize> = pending
@@ -663,7 +656,6 @@ impl Pushes {
                 at: push.at,
             });
         }
-        self.written += rows.len();
         Ok(rows)
     }
 }
