@@ -13,9 +13,9 @@ use sqlx::FromRow;
 use talkamie_aggregates::pair::{Pair, PairEvent};
 use talkamie_aggregates::user::{User, UserEvent};
 
-use crate::db::{placeholders, Source};
+use crate::db::{one_of, placeholders, Source};
 use crate::relations::iso;
-use crate::{with_source, with_tx, DbTx, ProjectionError, StoredEvent};
+use crate::{with_source, with_source_by_store, with_tx, DbTx, ProjectionError, StoredEvent};
 
 pub const TABLES: &[&str] = &[
     "connect_requests",
@@ -494,16 +494,19 @@ pub async fn views_of_chats(
     }
     let sql = format!(
         "SELECT {CHAT_VIEW_COLUMNS} FROM chats c JOIN chat_members m ON m.chat_id = c.id
-          WHERE c.id IN ({}) ORDER BY c.id, m.user_id",
-        placeholders(1, chat_ids.len())
+          WHERE c.id {} ORDER BY c.id, m.user_id",
+        one_of(source.is_postgres(), 1, chat_ids.len())
     );
-    with_source!(source, conn => {
-        let mut query = sqlx::query_as::<_, ChatView>(&sql);
-        for id in chat_ids {
-            query = query.bind(id);
+    with_source_by_store!(source, conn,
+        postgres => sqlx::query_as::<_, ChatView>(&sql).bind(chat_ids).fetch_all(conn).await,
+        sqlite => {
+            let mut query = sqlx::query_as::<_, ChatView>(&sql);
+            for id in chat_ids {
+                query = query.bind(id);
+            }
+            query.fetch_all(conn).await
         }
-        query.fetch_all(conn).await
-    })
+    )
 }
 
 /// Which chats a list shows.
@@ -829,16 +832,19 @@ pub async fn total_unread_chats_of(
     }
     let sql = format!(
         "SELECT user_id, COUNT(*) FROM chat_members
-          WHERE user_id IN ({}) AND unread_count > 0 GROUP BY user_id",
-        placeholders(1, user_ids.len())
+          WHERE user_id {} AND unread_count > 0 GROUP BY user_id",
+        one_of(source.is_postgres(), 1, user_ids.len())
     );
-    let rows: Vec<(String, i64)> = with_source!(source, conn => {
-        let mut query = sqlx::query_as(&sql);
-        for id in user_ids {
-            query = query.bind(id);
+    let rows: Vec<(String, i64)> = with_source_by_store!(source, conn,
+        postgres => sqlx::query_as(&sql).bind(user_ids).fetch_all(conn).await?,
+        sqlite => {
+            let mut query = sqlx::query_as(&sql);
+            for id in user_ids {
+                query = query.bind(id);
+            }
+            query.fetch_all(conn).await?
         }
-        query.fetch_all(conn).await?
-    });
+    );
     Ok(rows.into_iter().collect())
 }
 

@@ -80,6 +80,19 @@ pub fn placeholders(start: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// "is one of `n` values" for a column, the values bound from `$start`: on PostgreSQL one text
+/// array (`= ANY($start)`), so the statement's text is the same for any `n` and is prepared
+/// once per connection (a list of each length was a statement of its own: enough of them to
+/// overflow the connection's statement cache and be parsed and planned again at every use); on
+/// SQLite, which binds no arrays, an `IN` list of `n` placeholders.
+pub fn one_of(postgres: bool, start: usize, n: usize) -> String {
+    if postgres {
+        format!("= ANY(${start})")
+    } else {
+        format!("IN ({})", placeholders(start, n))
+    }
+}
+
 /// Where a read runs: the pool (HTTP handlers) or an open transaction (the projector, which
 /// renders pushes from the read models it is writing).
 pub enum Source<'a> {
@@ -119,7 +132,34 @@ macro_rules! with_source {
     };
 }
 
+/// `with_source_by_store!(source, conn, postgres => body, sqlite => body)`: as `with_source!`,
+/// with a body per store, for binds only one of them takes (arrays; see `one_of`).
+#[macro_export]
+macro_rules! with_source_by_store {
+    ($source:expr, $conn:ident, postgres => $pg:expr, sqlite => $lite:expr) => {
+        match $source {
+            $crate::db::Source::Pool($crate::Db::Sqlite($conn)) => $lite,
+            $crate::db::Source::Pool($crate::Db::Postgres($conn)) => $pg,
+            $crate::db::Source::Tx($crate::DbTx::Sqlite(tx)) => {
+                let $conn = &mut **tx;
+                $lite
+            }
+            $crate::db::Source::Tx($crate::DbTx::Postgres(tx)) => {
+                let $conn = &mut **tx;
+                $pg
+            }
+        }
+    };
+}
+
 impl Source<'_> {
+    pub fn is_postgres(&self) -> bool {
+        matches!(
+            self,
+            Source::Pool(Db::Postgres(_)) | Source::Tx(DbTx::Postgres(_))
+        )
+    }
+
     /// Reborrows, so one source serves several reads in a row.
     pub fn reborrow(&mut self) -> Source<'_> {
         match self {

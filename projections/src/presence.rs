@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use chrono::Utc;
 
-use crate::db::{placeholders, Source};
-use crate::with_source;
+use crate::db::{one_of, Source};
+use crate::with_source_by_store;
 
 /// Rows older than this are ignored (three missed 30 s heartbeats).
 pub const STALE_AFTER_SECS: i64 = 90;
@@ -20,16 +20,19 @@ pub async fn online_among(
         return Ok(HashSet::new());
     }
     let sql = format!(
-        "SELECT DISTINCT user_id FROM presence WHERE sockets > 0 AND seen_at > $1 AND user_id IN ({})",
-        placeholders(2, user_ids.len())
+        "SELECT DISTINCT user_id FROM presence WHERE sockets > 0 AND seen_at > $1 AND user_id {}",
+        one_of(source.is_postgres(), 2, user_ids.len())
     );
     let fresh = Utc::now() - chrono::Duration::seconds(STALE_AFTER_SECS);
-    let rows: Vec<String> = with_source!(source, conn => {
-        let mut query = sqlx::query_scalar(&sql).bind(fresh);
-        for id in user_ids {
-            query = query.bind(id);
+    let rows: Vec<String> = with_source_by_store!(source, conn,
+        postgres => sqlx::query_scalar(&sql).bind(fresh).bind(user_ids).fetch_all(conn).await?,
+        sqlite => {
+            let mut query = sqlx::query_scalar(&sql).bind(fresh);
+            for id in user_ids {
+                query = query.bind(id);
+            }
+            query.fetch_all(conn).await?
         }
-        query.fetch_all(conn).await?
-    });
+    );
     Ok(rows.into_iter().collect())
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use crate::db::{placeholders, Source};
-use crate::with_source;
+use crate::db::{one_of, Source};
+use crate::{with_source, with_source_by_store};
 
 /// The reader's relation to one other user.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -68,7 +68,7 @@ pub async fn relations(
     if others.is_empty() {
         return Ok(HashMap::new());
     }
-    let list = placeholders(2, others.len());
+    let list = one_of(source.is_postgres(), 2, others.len());
     // `ord` orders the connect requests oldest first (the latest one wins below).
     let sql = format!(
         "SELECT 'request' AS kind, $1 AS reader,
@@ -76,29 +76,38 @@ pub async fn relations(
                 id AS a, status AS b, from_id AS c, CAST(NULL AS BIGINT) AS n,
                 created_at AS ord
            FROM connect_requests
-          WHERE (from_id = $1 AND to_id IN ({list})) OR (to_id = $1 AND from_id IN ({list}))
+          WHERE (from_id = $1 AND to_id {list}) OR (to_id = $1 AND from_id {list})
          UNION ALL
          SELECT 'chat', $1, m.other_id, c.id, c.request_id, c.request_status, NULL, NULL
            FROM chat_members m JOIN chats c ON c.id = m.chat_id
-          WHERE m.user_id = $1 AND m.other_id IN ({list})
+          WHERE m.user_id = $1 AND m.other_id {list}
          UNION ALL
          SELECT 'connected', $1, other_id, NULL, NULL, NULL, NULL, NULL
-           FROM connections WHERE user_id = $1 AND other_id IN ({list})
+           FROM connections WHERE user_id = $1 AND other_id {list}
          UNION ALL
          SELECT 'connections', NULL, user_id, NULL, NULL, NULL, COUNT(*), NULL
-           FROM connections WHERE user_id IN ({list}) GROUP BY user_id
+           FROM connections WHERE user_id {list} GROUP BY user_id
          UNION ALL
          SELECT 'review', $1, ratee_id, id, NULL, NULL, NULL, NULL
-           FROM reviews WHERE rater_id = $1 AND ratee_id IN ({list})
+           FROM reviews WHERE rater_id = $1 AND ratee_id {list}
          ORDER BY 1, 8, 4"
     );
-    let rows: Vec<RelationRow> = with_source!(source, conn => {
-        let mut query = sqlx::query_as::<_, RelationRow>(&sql).bind(reader);
-        for id in others {
-            query = query.bind(id);
+    let rows: Vec<RelationRow> = with_source_by_store!(source, conn,
+        postgres => {
+            sqlx::query_as::<_, RelationRow>(&sql)
+                .bind(reader)
+                .bind(others)
+                .fetch_all(conn)
+                .await?
+        },
+        sqlite => {
+            let mut query = sqlx::query_as::<_, RelationRow>(&sql).bind(reader);
+            for id in others {
+                query = query.bind(id);
+            }
+            query.fetch_all(conn).await?
         }
-        query.fetch_all(conn).await?
-    });
+    );
     let pairs: Vec<(String, String)> = others
         .iter()
         .map(|other| (reader.to_string(), other.clone()))
@@ -118,11 +127,18 @@ pub async fn between(
     if pairs.is_empty() {
         return Ok(HashMap::new());
     }
-    let values: Vec<String> = (0..pairs.len())
-        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-        .collect();
+    // PostgreSQL: the pairs as two arrays (one statement text for any number of pairs; see
+    // `one_of`); SQLite: a `VALUES` list.
+    let pair_rows = if source.is_postgres() {
+        "SELECT * FROM UNNEST($1::text[], $2::text[])".to_string()
+    } else {
+        let values: Vec<String> = (0..pairs.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        format!("VALUES {}", values.join(", "))
+    };
     let sql = format!(
-        "WITH p (reader, other) AS (VALUES {})
+        "WITH p (reader, other) AS ({pair_rows})
          SELECT 'request' AS kind, p.reader, p.other, r.id AS a, r.status AS b, r.from_id AS c,
                 CAST(NULL AS BIGINT) AS n, r.created_at AS ord
            FROM p JOIN connect_requests r
@@ -141,16 +157,26 @@ pub async fn between(
          UNION ALL
          SELECT 'review', p.reader, p.other, v.id, NULL, NULL, NULL, NULL
            FROM p JOIN reviews v ON v.rater_id = p.reader AND v.ratee_id = p.other
-         ORDER BY 1, 8, 4",
-        values.join(", ")
+         ORDER BY 1, 8, 4"
     );
-    let rows: Vec<RelationRow> = with_source!(source, conn => {
-        let mut query = sqlx::query_as::<_, RelationRow>(&sql);
-        for (reader, other) in pairs {
-            query = query.bind(reader).bind(other);
+    let rows: Vec<RelationRow> = with_source_by_store!(source, conn,
+        postgres => {
+            let (readers, others): (Vec<&str>, Vec<&str>) =
+                pairs.iter().map(|(r, o)| (r.as_str(), o.as_str())).unzip();
+            sqlx::query_as::<_, RelationRow>(&sql)
+                .bind(readers)
+                .bind(others)
+                .fetch_all(conn)
+                .await?
+        },
+        sqlite => {
+            let mut query = sqlx::query_as::<_, RelationRow>(&sql);
+            for (reader, other) in pairs {
+                query = query.bind(reader).bind(other);
+            }
+            query.fetch_all(conn).await?
         }
-        query.fetch_all(conn).await?
-    });
+    );
     Ok(fold(pairs, rows))
 }
 
@@ -252,11 +278,18 @@ pub async fn counters(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::db::{one_of, placeholders};
 
     #[test]
     fn placeholder_lists() {
         assert_eq!(placeholders(2, 3), "$2, $3, $4");
         assert_eq!(placeholders(1, 1), "$1");
+    }
+
+    #[test]
+    fn lists_are_one_array_on_postgres_and_placeholders_on_sqlite() {
+        assert_eq!(one_of(true, 2, 3), "= ANY($2)");
+        assert_eq!(one_of(true, 2, 40), "= ANY($2)");
+        assert_eq!(one_of(false, 2, 3), "IN ($2, $3, $4)");
     }
 }

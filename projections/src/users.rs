@@ -561,16 +561,19 @@ pub async fn find_many(
         return Ok(Default::default());
     }
     let sql = format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE id IN ({})",
-        crate::db::placeholders(1, ids.len())
+        "SELECT {USER_COLUMNS} FROM users WHERE id {}",
+        crate::db::one_of(source.is_postgres(), 1, ids.len())
     );
-    let rows: Vec<UserRecord> = crate::with_source!(source, conn => {
-        let mut query = sqlx::query_as::<_, UserRecord>(&sql);
-        for id in ids {
-            query = query.bind(id);
+    let rows: Vec<UserRecord> = crate::with_source_by_store!(source, conn,
+        postgres => sqlx::query_as::<_, UserRecord>(&sql).bind(ids).fetch_all(conn).await?,
+        sqlite => {
+            let mut query = sqlx::query_as::<_, UserRecord>(&sql);
+            for id in ids {
+                query = query.bind(id);
+            }
+            query.fetch_all(conn).await?
         }
-        query.fetch_all(conn).await?
-    });
+    );
     Ok(rows.into_iter().map(|u| (u.id.clone(), u)).collect())
 }
 
