@@ -132,6 +132,10 @@ PG
     bench commands --url "$A" --clients "$CLIENTS" --admin-email bench-admin@example.com \
         --admin-password bench-admin-password --mail-dir "$WORK/a-$run/mail" \
         --label "commands PostgreSQL clients=$CLIENTS" --out "$out/commands-postgres.json"
+    step "commands (PostgreSQL), every other client on the second instance"
+    bench commands --url "$A" --url2 "$B" --clients "$CLIENTS" --admin-email bench-admin@example.com \
+        --admin-password bench-admin-password --mail-dir "$WORK/a-$run/mail" \
+        --label "commands PostgreSQL clients=$CLIENTS instances=2" --out "$out/commands2-postgres.json"
     for rate in $CHAT_RATES; do
         step "chat at $rate msg/s: one instance, then two"
         bench chat --url "$A" --sockets "$CHAT_SOCKETS" --rate "$rate" --out "$out/chat-rate-$rate.json"

@@ -1,6 +1,8 @@
 //! `commands`: N clients, each a senior with a volunteer, issuing a write mix as fast as the
 //! server answers: chat messages over the WebSocket, schedule create + cancel, top-ups
-//! (payment session + sandbox Pay). Every request is one command; all are timed.
+//! (payment session + sandbox Pay). Every request is one command; all are timed. With
+//! `--url2`, every other client sends its commands to a second instance (set-up goes through
+//! the first), so reads of one instance wait for rounds another instance projected.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +24,9 @@ use super::{BenchResult, Common};
 pub struct CommandsArgs {
     #[command(flatten)]
     pub common: Common,
+    /// A second instance on the same database: every other client sends its commands there.
+    #[arg(long)]
+    pub url2: Option<String>,
     /// Concurrent clients (each waits for its answer before the next command).
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
@@ -43,6 +48,8 @@ pub struct CommandsArgs {
 }
 
 struct Client {
+    /// The instance this client sends its commands to.
+    api: Api,
     senior: User,
     volunteer: User,
     chat: String,
@@ -77,6 +84,7 @@ type KindSamples = BTreeMap<Kind, Samples>;
 pub async fn run(args: CommandsArgs) -> anyhow::Result<BenchResult> {
     let quiet = args.common.quiet;
     let api = Api::new(&args.common.url)?;
+    let second = args.url2.as_deref().map(Api::new).transpose()?;
     let schedules = match (&args.admin_email, &args.admin_password, &args.mail_dir) {
         (Some(email), Some(password), Some(dir)) => Some((
             api.sign_in(email, password)
@@ -87,7 +95,7 @@ pub async fn run(args: CommandsArgs) -> anyhow::Result<BenchResult> {
         _ => None,
     };
     note(quiet, &format!("setting up {} clients", args.clients));
-    let clients = set_up(&api, &args, schedules.as_ref()).await?;
+    let clients = set_up(&api, second.as_ref(), &args, schedules.as_ref()).await?;
     let with_schedules = schedules.is_some();
 
     let window = Window::starting_now(args.common.warmup(), args.common.duration());
@@ -97,20 +105,10 @@ pub async fn run(args: CommandsArgs) -> anyhow::Result<BenchResult> {
         .into_iter()
         .enumerate()
         .map(|(i, client)| {
-            let api = api.clone();
             let done = done.clone();
             let messages_percent = args.messages_percent.min(100);
             tokio::spawn(async move {
-                drive(
-                    api,
-                    client,
-                    i,
-                    window,
-                    done,
-                    messages_percent,
-                    with_schedules,
-                )
-                .await
+                drive(client, i, window, done, messages_percent, with_schedules).await
             })
         })
         .collect();
@@ -143,7 +141,7 @@ pub async fn run(args: CommandsArgs) -> anyhow::Result<BenchResult> {
         url: args.common.url.clone(),
         started_at: Utc::now(),
         params: json!({"clients": args.clients, "messagesPercent": args.messages_percent,
-                       "schedules": with_schedules}),
+                       "schedules": with_schedules, "url2": args.url2}),
         duration_secs: window.seconds(),
         operations,
         errors: all.errors,
@@ -156,6 +154,7 @@ pub async fn run(args: CommandsArgs) -> anyhow::Result<BenchResult> {
 
 async fn set_up(
     api: &Api,
+    second: Option<&Api>,
     args: &CommandsArgs,
     schedules: Option<&(User, PathBuf)>,
 ) -> anyhow::Result<Vec<Client>> {
@@ -177,8 +176,13 @@ async fn set_up(
         // Enough coins for any booking the mix makes.
         let session = api.top_up_session(&senior, 10_000).await?;
         api.pay(&session).await?;
-        let socket = open_socket(&api.ws_url(), &senior.token).await?;
+        let home = match second {
+            Some(second) if i % 2 == 1 => second.clone(),
+            _ => api.clone(),
+        };
+        let socket = open_socket(&home.ws_url(), &senior.token).await?;
         clients.push(Client {
+            api: home,
             senior,
             volunteer,
             chat,
@@ -190,7 +194,6 @@ async fn set_up(
 }
 
 async fn drive(
-    api: Api,
     mut client: Client,
     index: usize,
     window: Window,
@@ -213,8 +216,9 @@ async fn drive(
                 .is_ok_and(|reply| reply["success"] == json!(true));
             record(&mut samples, Kind::Message, window, started, ok, &done);
         } else if with_schedules && roll % 2 == 0 {
-            book_and_cancel(&api, &client, window, &mut samples, &done).await;
+            book_and_cancel(&client, window, &mut samples, &done).await;
         } else {
+            let api = &client.api;
             let started = Instant::now();
             let session = api.top_up_session(&client.senior, 100).await;
             record(
@@ -236,7 +240,6 @@ async fn drive(
 }
 
 async fn book_and_cancel(
-    api: &Api,
     client: &Client,
     window: Window,
     samples: &mut KindSamples,
@@ -249,6 +252,7 @@ async fn book_and_cancel(
     else {
         return;
     };
+    let api = &client.api;
     let iso = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let body = json!({"title": "Bench call", "type": "audio", "recurrence": "none",
         "startDateTime": iso(from), "endDateTime": iso(from + Span::minutes(30))});

@@ -134,6 +134,29 @@ async fn every_scenario_runs_against_a_real_server(backend: Backend) {
         );
         assert_eq!(across["params"]["instances"], 2, "{across}");
         assert_eq!(across["extra"]["lost"], 0, "{across}");
+
+        // The write mix with every other client on the second instance.
+        let split = bench(
+            &db,
+            &server,
+            &[
+                "commands",
+                "--clients",
+                "2",
+                "--messages-percent",
+                "100",
+                "--url2",
+                &second.base,
+            ],
+        );
+        assert_eq!(split["params"]["url2"], second.base.as_str(), "{split}");
+        assert_eq!(split["errors"], 0, "{split}");
+        assert!(
+            split["extra"]["chat.message.send"]["count"]
+                .as_u64()
+                .is_some_and(|n| n > 0),
+            "{split}"
+        );
         second.stop().await;
     }
 
