@@ -203,6 +203,62 @@ async fn write_run_postgres(
     Ok(())
 }
 
+/// PostgreSQL: the unread totals of `members`, which of `people` are online and the relations
+/// of `pairs` in one round trip (the projector's serial path; they were three statements), as
+/// extra parts of the relations query (`n` carries the unread count). The users are read on
+/// their own: their rows do not fit its columns.
+async fn load_postgres(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    members: &[String],
+    people: &[String],
+    pairs: &[(String, String)],
+) -> Result<Renderer, ProjectionError> {
+    let sql = format!(
+        "WITH p (reader, other) AS (SELECT * FROM UNNEST($1::text[], $2::text[]))
+         {parts}
+         UNION ALL
+         SELECT 'unread', NULL, user_id, NULL, NULL, NULL, COUNT(*), NULL
+           FROM chat_members WHERE user_id = ANY($3) AND unread_count > 0 GROUP BY user_id
+         UNION ALL
+         SELECT 'online', NULL, user_id, NULL, NULL, NULL, NULL, NULL
+           FROM presence WHERE sockets > 0 AND seen_at > $5 AND user_id = ANY($4)
+          GROUP BY user_id
+         ORDER BY 1, 8, 4",
+        parts = relations::BETWEEN_PARTS
+    );
+    let (readers, others): (Vec<&str>, Vec<&str>) =
+        pairs.iter().map(|(r, o)| (r.as_str(), o.as_str())).unzip();
+    let fresh = Utc::now() - chrono::Duration::seconds(presence::STALE_AFTER_SECS);
+    let rows: Vec<relations::RelationRow> = sqlx::query_as(&sql)
+        .bind(readers)
+        .bind(others)
+        .bind(members)
+        .bind(people)
+        .bind(fresh)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut unread_chats = HashMap::new();
+    let mut online = HashSet::new();
+    let mut relation_rows = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.0.as_str() {
+            "unread" => {
+                unread_chats.insert(row.2, row.6.unwrap_or(0));
+            }
+            "online" => {
+                online.insert(row.2);
+            }
+            _ => relation_rows.push(row),
+        }
+    }
+    Ok(Renderer {
+        unread_chats,
+        users: HashMap::new(),
+        online,
+        relations: relations::fold(pairs, relation_rows),
+    })
+}
+
 /// What the pushes of a run are rendered from, read once at its start. Messages change none of
 /// it but the unread totals, which the run keeps up to date itself.
 struct Renderer {
@@ -230,9 +286,16 @@ impl Renderer {
             .iter()
             .map(|v| (v.user_id.clone(), v.other_id.clone()))
             .collect();
+        let users = users::find_many(tx.into(), &people).await?;
+        if let DbTx::Postgres(pg) = tx {
+            return Ok(Renderer {
+                users,
+                ..load_postgres(pg, &members, &people, &pairs).await?
+            });
+        }
         Ok(Renderer {
             unread_chats: chats::total_unread_chats_of(tx.into(), &members).await?,
-            users: users::find_many(tx.into(), &people).await?,
+            users,
             online: presence::online_among(tx.into(), &people).await?,
             relations: relations::between(tx.into(), &pairs).await?,
         })

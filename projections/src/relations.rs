@@ -47,7 +47,7 @@ pub fn iso(at: DateTime<Utc>) -> String {
 
 /// One row of the relations queries: which part it answers (`kind`), the reader and the other
 /// user, and that part's columns (unused ones are NULL).
-type RelationRow = (
+pub(crate) type RelationRow = (
     String,
     Option<String>,
     String,
@@ -118,6 +118,28 @@ pub async fn relations(
         .collect())
 }
 
+/// The parts of the relations query over the pairs `p (reader, other)`, ordered by `1, 8, 4`
+/// (the message runs add parts of their own to it).
+pub(crate) const BETWEEN_PARTS: &str = "
+         SELECT 'request' AS kind, p.reader, p.other, r.id AS a, r.status AS b, r.from_id AS c,
+                CAST(NULL AS BIGINT) AS n, r.created_at AS ord
+           FROM p JOIN connect_requests r
+             ON (r.from_id = p.reader AND r.to_id = p.other)
+             OR (r.to_id = p.reader AND r.from_id = p.other)
+         UNION ALL
+         SELECT 'chat', p.reader, p.other, c.id, c.request_id, c.request_status, NULL, NULL
+           FROM p JOIN chat_members m ON m.user_id = p.reader AND m.other_id = p.other
+           JOIN chats c ON c.id = m.chat_id
+         UNION ALL
+         SELECT 'connected', p.reader, p.other, NULL, NULL, NULL, NULL, NULL
+           FROM p JOIN connections k ON k.user_id = p.reader AND k.other_id = p.other
+         UNION ALL
+         SELECT 'connections', NULL, user_id, NULL, NULL, NULL, COUNT(*), NULL
+           FROM connections WHERE user_id IN (SELECT other FROM p) GROUP BY user_id
+         UNION ALL
+         SELECT 'review', p.reader, p.other, v.id, NULL, NULL, NULL, NULL
+           FROM p JOIN reviews v ON v.rater_id = p.reader AND v.ratee_id = p.other";
+
 /// The relations of each `(reader, other)` pair, in one round trip (a projector round renders
 /// the chats of many readers at once).
 pub async fn between(
@@ -137,28 +159,7 @@ pub async fn between(
             .collect();
         format!("VALUES {}", values.join(", "))
     };
-    let sql = format!(
-        "WITH p (reader, other) AS ({pair_rows})
-         SELECT 'request' AS kind, p.reader, p.other, r.id AS a, r.status AS b, r.from_id AS c,
-                CAST(NULL AS BIGINT) AS n, r.created_at AS ord
-           FROM p JOIN connect_requests r
-             ON (r.from_id = p.reader AND r.to_id = p.other)
-             OR (r.to_id = p.reader AND r.from_id = p.other)
-         UNION ALL
-         SELECT 'chat', p.reader, p.other, c.id, c.request_id, c.request_status, NULL, NULL
-           FROM p JOIN chat_members m ON m.user_id = p.reader AND m.other_id = p.other
-           JOIN chats c ON c.id = m.chat_id
-         UNION ALL
-         SELECT 'connected', p.reader, p.other, NULL, NULL, NULL, NULL, NULL
-           FROM p JOIN connections k ON k.user_id = p.reader AND k.other_id = p.other
-         UNION ALL
-         SELECT 'connections', NULL, user_id, NULL, NULL, NULL, COUNT(*), NULL
-           FROM connections WHERE user_id IN (SELECT other FROM p) GROUP BY user_id
-         UNION ALL
-         SELECT 'review', p.reader, p.other, v.id, NULL, NULL, NULL, NULL
-           FROM p JOIN reviews v ON v.rater_id = p.reader AND v.ratee_id = p.other
-         ORDER BY 1, 8, 4"
-    );
+    let sql = format!("WITH p (reader, other) AS ({pair_rows}) {BETWEEN_PARTS} ORDER BY 1, 8, 4");
     let rows: Vec<RelationRow> = with_source_by_store!(source, conn,
         postgres => {
             let (readers, others): (Vec<&str>, Vec<&str>) =
@@ -181,7 +182,10 @@ pub async fn between(
 }
 
 /// Folds the rows of a relations query into one `Relation` per pair.
-fn fold(pairs: &[(String, String)], rows: Vec<RelationRow>) -> HashMap<(String, String), Relation> {
+pub(crate) fn fold(
+    pairs: &[(String, String)],
+    rows: Vec<RelationRow>,
+) -> HashMap<(String, String), Relation> {
     let mut out: HashMap<(String, String), Relation> = pairs
         .iter()
         .map(|pair| (pair.clone(), Relation::default()))

@@ -1027,6 +1027,8 @@ async fn message_bursts_count_every_push_in_log_order(backend: Backend) {
         let (_, body) = server.get("/v1/chats", Some(&people[person].1)).await;
         for chat in body["data"].as_array().expect("chats") {
             let pushed = &last_listed[chat["id"].as_str().expect("chat id")];
+            // Everyone kept a socket open: the last push of the burst shows the other online.
+            assert_eq!(pushed["user"]["online"], json!(true), "{pushed}");
             let without_presence = |user: &Value| {
                 let mut user = user.clone();
                 user.as_object_mut().map(|u| u.remove("online"));
