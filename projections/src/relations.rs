@@ -279,21 +279,3 @@ pub async fn counters(
         open_ticket,
     })
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::db::{one_of, placeholders};
-
-    #[test]
-    fn placeholder_lists() {
-        assert_eq!(placeholders(2, 3), "$2, $3, $4");
-        assert_eq!(placeholders(1, 1), "$1");
-    }
-
-    #[test]
-    fn lists_are_one_array_on_postgres_and_placeholders_on_sqlite() {
-        assert_eq!(one_of(true, 2, 3), "= ANY($2)");
-        assert_eq!(one_of(true, 2, 40), "= ANY($2)");
-        assert_eq!(one_of(false, 2, 3), "IN ($2, $3, $4)");
-    }
-}
