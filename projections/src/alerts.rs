@@ -54,44 +54,57 @@ async fn user_brief(tx: &mut DbTx, user_id: &str) -> Result<Value, ProjectionErr
 
 async fn insert(
     tx: &mut DbTx,
+    written: &mut Vec<AlertRow>,
     event: &StoredEvent,
-    user_id: &str,
-    alert_type: &str,
-    subject_id: &str,
-    body: Value,
-    at: DateTime<Utc>,
-) -> Result<(), ProjectionError> {
-    let id = alert_id(event, user_id);
-    insert_with_id(tx, event, &id, user_id, (alert_type, subject_id), body, at).await
-}
-
-async fn insert_with_id(
-    tx: &mut DbTx,
-    event: &StoredEvent,
-    id: &str,
     user_id: &str,
     (alert_type, subject_id): (&str, &str),
     body: Value,
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
-    with_tx!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO alerts (id, user_id, type, status, subject_id, body, created_position,
-                                 changed_position, created_at, updated_at)
-             VALUES ($1, $2, $3, 'unread', $4, $5, $6, $6, $7, $7)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(user_id)
-        .bind(alert_type)
-        .bind(subject_id)
-        .bind(Json(&body))
-        .bind(event.position)
-        .bind(at)
-        .execute(conn)
-        .await
-        .map(|r| r.rows_affected())?
+    let id = alert_id(event, user_id);
+    insert_with_id(
+        tx,
+        written,
+        event,
+        (&id, user_id),
+        (alert_type, subject_id),
+        body,
+        at,
+    )
+    .await
+}
+
+/// Inserts alert `id` for `user_id` (once: the id comes from the event) and notes the row it
+/// wrote in `written`.
+async fn insert_with_id(
+    tx: &mut DbTx,
+    written: &mut Vec<AlertRow>,
+    event: &StoredEvent,
+    (id, user_id): (&str, &str),
+    (alert_type, subject_id): (&str, &str),
+    body: Value,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let sql = format!(
+        "INSERT INTO alerts (id, user_id, type, status, subject_id, body, created_position,
+                             changed_position, created_at, updated_at)
+         VALUES ($1, $2, $3, 'unread', $4, $5, $6, $6, $7, $7)
+         ON CONFLICT (id) DO NOTHING
+         RETURNING {ALERT_COLUMNS}"
+    );
+    let row: Option<AlertRow> = with_tx!(tx, conn => {
+        sqlx::query_as(&sql)
+            .bind(id)
+            .bind(user_id)
+            .bind(alert_type)
+            .bind(subject_id)
+            .bind(Json(&body))
+            .bind(event.position)
+            .bind(at)
+            .fetch_optional(conn)
+            .await?
     });
+    written.extend(row);
     Ok(())
 }
 
@@ -99,19 +112,29 @@ async fn insert_with_id(
 /// in every alert about `subject_id`.
 async fn update_subject_status(
     tx: &mut DbTx,
+    written: &mut Vec<AlertRow>,
     event: &StoredEvent,
     subject_id: &str,
     pointer: &str,
     status: &str,
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
-    update_subject(tx, event, subject_id, &[(pointer, json!(status))], at).await
+    update_subject(
+        tx,
+        written,
+        event,
+        subject_id,
+        &[(pointer, json!(status))],
+        at,
+    )
+    .await
 }
 
 /// Sets each `(pointer, value)` (a JSON pointer into the body; a missing last key is added) in
 /// every alert about `subject_id`.
 async fn update_subject(
     tx: &mut DbTx,
+    written: &mut Vec<AlertRow>,
     event: &StoredEvent,
     subject_id: &str,
     changes: &[(&str, Value)],
@@ -132,18 +155,20 @@ async fn update_subject(
                 parent.insert(key.to_string(), value.clone());
             }
         }
-        with_tx!(tx, conn => {
-            sqlx::query(
-                "UPDATE alerts SET body = $2, changed_position = $3, updated_at = $4 WHERE id = $1",
-            )
-            .bind(&id)
-            .bind(Json(&body))
-            .bind(event.position)
-            .bind(at)
-            .execute(conn)
-            .await
-            .map(|r| r.rows_affected())?
+        let sql = format!(
+            "UPDATE alerts SET body = $2, changed_position = $3, updated_at = $4 WHERE id = $1
+             RETURNING {ALERT_COLUMNS}"
+        );
+        let row: Option<AlertRow> = with_tx!(tx, conn => {
+            sqlx::query_as(&sql)
+                .bind(&id)
+                .bind(Json(&body))
+                .bind(event.position)
+                .bind(at)
+                .fetch_optional(conn)
+                .await?
         });
+        written.extend(row);
     }
     Ok(())
 }
@@ -159,7 +184,11 @@ fn connect_request(id: &str, status: &str, from: &str, to: &str) -> Value {
 
 /// `schedule` alerts from the volunteer's calendar (the commit point of every schedule change):
 /// the volunteer hears of a new or changed booking, the other side of a cancellation.
-async fn schedule_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+async fn schedule_alerts(
+    tx: &mut DbTx,
+    written: &mut Vec<AlertRow>,
+    event: &StoredEvent,
+) -> Result<(), ProjectionError> {
     let (schedule_id, status, by, at) = match event.decode::<CalendarEvent>()? {
         CalendarEvent::Booked {
             schedule,
@@ -196,12 +225,25 @@ async fn schedule_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), Proje
         "chat": {"id": row.chat_id},
         "user": user_brief(tx, &actor).await?,
     });
-    insert(tx, event, &recipient, "schedule", &schedule_id, body, at).await
+    insert(
+        tx,
+        written,
+        event,
+        &recipient,
+        ("schedule", &schedule_id),
+        body,
+        at,
+    )
+    .await
 }
 
 /// A `transaction` alert for every transaction the event created or changed (one event may
 /// change two: a failed payout and its refund).
-async fn transaction_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+async fn transaction_alerts(
+    tx: &mut DbTx,
+    written: &mut Vec<AlertRow>,
+    event: &StoredEvent,
+) -> Result<(), ProjectionError> {
     for row in ledger::changed_at(tx.into(), event.position).await? {
         // A forfeit happens as the owner's account is deleted: nobody is left to tell.
         if row.kind == "forfeit" {
@@ -212,9 +254,9 @@ async fn transaction_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), Pr
         let subject = ("transaction", row.id.as_str());
         insert_with_id(
             tx,
+            written,
             event,
-            &id,
-            &row.user_id,
+            (&id, &row.user_id),
             subject,
             body,
             event.recorded_at,
@@ -225,7 +267,11 @@ async fn transaction_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), Pr
 }
 
 /// `review` alerts: the ratee hears of a new review; a change or a delete updates that alert.
-async fn review_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+async fn review_alerts(
+    tx: &mut DbTx,
+    written: &mut Vec<AlertRow>,
+    event: &StoredEvent,
+) -> Result<(), ProjectionError> {
     match event.decode::<ReviewEvent>()? {
         ReviewEvent::Written {
             review_id,
@@ -242,7 +288,7 @@ async fn review_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), Project
                 "rater": {"id": rater, "name": user["name"]}, "timestamp": iso(at),
             });
             let body = json!({ "review": review, "user": user });
-            insert(tx, event, &ratee, "review", &review_id, body, at).await
+            insert(tx, written, event, &ratee, ("review", &review_id), body, at).await
         }
         ReviewEvent::Updated {
             review_id,
@@ -251,11 +297,11 @@ async fn review_alerts(tx: &mut DbTx, event: &StoredEvent) -> Result<(), Project
             at,
         } => {
             let changes = [("/review/rate", json!(rate)), ("/review/text", json!(text))];
-            update_subject(tx, event, &review_id, &changes, at).await
+            update_subject(tx, written, event, &review_id, &changes, at).await
         }
         ReviewEvent::Deleted { review_id, at } => {
             let changes = [("/review/deleted", json!(true))];
-            update_subject(tx, event, &review_id, &changes, at).await
+            update_subject(tx, written, event, &review_id, &changes, at).await
         }
     }
 }
@@ -276,12 +322,29 @@ pub fn pair_event_writes_alerts(event: &PairEvent) -> bool {
     )
 }
 
-pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+/// Applies `event`; returns the alerts it created or changed, as [`changed_at`] would read them
+/// back (the feed renders its `alert.new` / `alert.update` pushes from them).
+pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<Vec<AlertRow>, ProjectionError> {
+    let mut written = Vec::new();
+    apply_into(tx, &mut written, event).await?;
+    // In `changed_at`'s order (by id), each alert once in its last state.
+    let by_id: std::collections::BTreeMap<String, AlertRow> = written
+        .into_iter()
+        .map(|row| (row.id.clone(), row))
+        .collect();
+    Ok(by_id.into_values().collect())
+}
+
+async fn apply_into(
+    tx: &mut DbTx,
+    written: &mut Vec<AlertRow>,
+    event: &StoredEvent,
+) -> Result<(), ProjectionError> {
     if ledger::is_wallet_event(event) {
-        return transaction_alerts(tx, event).await;
+        return transaction_alerts(tx, written, event).await;
     }
     if reviews::is_review_event(event) {
-        return review_alerts(tx, event).await;
+        return review_alerts(tx, written, event).await;
     }
     if event.aggregate_type == <AlertInbox as cqrs_es::Aggregate>::TYPE {
         let AlertInboxEvent::AlertsRead { alert_ids, at } = event.decode()?;
@@ -302,7 +365,7 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
         return Ok(());
     }
     if schedules::is_calendar_event(event) {
-        return schedule_alerts(tx, event).await;
+        return schedule_alerts(tx, written, event).await;
     }
     if !is_pair_event(event) {
         return Ok(());
@@ -323,16 +386,52 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                 "connectRequest": connect_request(&request_id, "pending", &from, &to),
                 "user": user_brief(tx, &from).await?,
             });
-            insert(tx, event, &to, "connect-request", &request_id, body, at).await?;
+            insert(
+                tx,
+                written,
+                event,
+                &to,
+                ("connect-request", &request_id),
+                body,
+                at,
+            )
+            .await?;
         }
         PairEvent::ConnectionRequestCanceled { request_id, at } => {
-            update_subject_status(tx, event, &request_id, CONNECT_STATUS, "canceled", at).await?
+            update_subject_status(
+                tx,
+                written,
+                event,
+                &request_id,
+                CONNECT_STATUS,
+                "canceled",
+                at,
+            )
+            .await?
         }
         PairEvent::ConnectionRequestRejected { request_id, at } => {
-            update_subject_status(tx, event, &request_id, CONNECT_STATUS, "rejected", at).await?
+            update_subject_status(
+                tx,
+                written,
+                event,
+                &request_id,
+                CONNECT_STATUS,
+                "rejected",
+                at,
+            )
+            .await?
         }
         PairEvent::ConnectionAccepted { request_id, at } => {
-            update_subject_status(tx, event, &request_id, CONNECT_STATUS, "accepted", at).await?;
+            update_subject_status(
+                tx,
+                written,
+                event,
+                &request_id,
+                CONNECT_STATUS,
+                "accepted",
+                at,
+            )
+            .await?;
             // The sender learns that their request was accepted.
             let parties: Option<(String, String)> = with_tx!(tx, conn => {
                 sqlx::query_as("SELECT from_id, to_id FROM connect_requests WHERE id = $1")
@@ -346,7 +445,16 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                     "chat": {"id": chat_id},
                     "user": user_brief(tx, &to).await?,
                 });
-                insert(tx, event, &from, "connect-request", &request_id, body, at).await?;
+                insert(
+                    tx,
+                    written,
+                    event,
+                    &from,
+                    ("connect-request", &request_id),
+                    body,
+                    at,
+                )
+                .await?;
             }
         }
         PairEvent::MessageRequested {
@@ -363,11 +471,21 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                 "message": {"id": message_id, "text": text},
                 "user": user_brief(tx, &from).await?,
             });
-            insert(tx, event, &to, "message-request", &request_id, body, at).await?;
+            insert(
+                tx,
+                written,
+                event,
+                &to,
+                ("message-request", &request_id),
+                body,
+                at,
+            )
+            .await?;
         }
         PairEvent::MessageRequestCanceled { request_id, at } => {
             update_subject_status(
                 tx,
+                written,
                 event,
                 &request_id,
                 MESSAGE_REQUEST_STATUS,
@@ -379,6 +497,7 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
         PairEvent::MessageRequestRejected { request_id, at } => {
             update_subject_status(
                 tx,
+                written,
                 event,
                 &request_id,
                 MESSAGE_REQUEST_STATUS,
@@ -390,6 +509,7 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
         PairEvent::MessageRequestAccepted { request_id, at } => {
             update_subject_status(
                 tx,
+                written,
                 event,
                 &request_id,
                 MESSAGE_REQUEST_STATUS,
@@ -412,7 +532,16 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                     "chat": {"id": chat_id, "request": {"id": request_id, "status": "accepted"}},
                     "user": user_brief(tx, &to).await?,
                 });
-                insert(tx, event, &from, "message-request", &request_id, body, at).await?;
+                insert(
+                    tx,
+                    written,
+                    event,
+                    &from,
+                    ("message-request", &request_id),
+                    body,
+                    at,
+                )
+                .await?;
             }
         }
         _ => {}

@@ -399,6 +399,11 @@ pub async fn unbilled(
     })
 }
 
-/// The SQL counting a user's (`$1`) calls that connected since `$2` (`dailyInfo.totalCalls`).
-pub const CALLS_SINCE_SQL: &str =
-    "(SELECT COUNT(*) FROM calls WHERE (caller_id = $1 OR callee_id = $1) AND accepted_at >= $2)";
+/// The SQL counting the calls of the user in `user` (an SQL expression) that connected since
+/// `since` (`dailyInfo.totalCalls`).
+pub fn calls_since_sql(user: &str, since: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM calls WHERE (caller_id = {user} OR callee_id = {user})
+             AND accepted_at >= {since})"
+    )
+}

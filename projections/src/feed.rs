@@ -3,6 +3,8 @@
 //! its local sockets; a client that reconnects with `since` gets the rows it missed.
 //! Rows are kept 7 days (`prune`).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::types::Json;
@@ -14,7 +16,9 @@ use talkamie_aggregates::support::SupportEvent;
 use talkamie_aggregates::user::{User, UserEvent};
 use talkamie_aggregates::wallet::WalletEvent;
 
+use crate::alerts::AlertRow;
 use crate::chats::{self, is_pair_event};
+use crate::users::UserRecord;
 use crate::{
     alerts, calls, chat_views, ledger, relations, reviews, schedules, support, users, with_pool,
     with_tx, Db, DbTx, ProjectionError, StoredEvent,
@@ -105,17 +109,40 @@ async fn extended_user(
     user_id: &str,
     at: DateTime<Utc>,
 ) -> Result<Option<Value>, ProjectionError> {
-    let Some(user) = users::find_by_id_tx(tx, user_id).await? else {
-        return Ok(None);
-    };
-    if user.is_deleted() {
-        return Ok(None);
-    }
-    let counters = relations::counters(tx.into(), user_id, user.day_start(at)).await?;
-    // Pushes go to a connected socket of the user, so `online` is true from their side.
-    let mut rendered = user.extended(true, &counters);
-    rendered["availability"] = schedules::availability_json(tx.into(), &user, at).await?;
-    Ok(Some(rendered))
+    let mut many = extended_users(tx, &[(user_id.to_string(), at)]).await?;
+    Ok(many.remove(user_id))
+}
+
+/// The `extended_user` of each `(user, at)` (none for a deleted user): one statement per part
+/// (the users, their counters, their availability) for all of them, so a round's `user.update`
+/// pushes cost the same few round trips however many users they go to.
+async fn extended_users(
+    tx: &mut DbTx,
+    wanted: &[(String, DateTime<Utc>)],
+) -> Result<HashMap<String, Value>, ProjectionError> {
+    let ids: Vec<String> = wanted.iter().map(|(id, _)| id.clone()).collect();
+    let found = users::find_many(tx.into(), &ids).await?;
+    let live: Vec<(&UserRecord, DateTime<Utc>)> = wanted
+        .iter()
+        .filter_map(|(id, at)| found.get(id).map(|user| (user, *at)))
+        .filter(|(user, _)| !user.is_deleted())
+        .collect();
+    let days: Vec<(String, DateTime<Utc>)> = live
+        .iter()
+        .map(|(user, at)| (user.id.clone(), user.day_start(*at)))
+        .collect();
+    let counters = relations::counters_of_many(tx.into(), &days).await?;
+    let mut availability = schedules::availability_of_many(tx.into(), &live).await?;
+    Ok(live
+        .iter()
+        .map(|(user, _)| {
+            let counters = counters.get(&user.id).cloned().unwrap_or_default();
+            // Pushes go to a connected socket of the user, so `online` is true from their side.
+            let mut rendered = user.extended(true, &counters);
+            rendered["availability"] = availability.remove(&user.id).unwrap_or(Value::Null);
+            (user.id.clone(), rendered)
+        })
+        .collect())
 }
 
 /// `user.update` with the user's `extended_user`, rendered when the round's pushes are
@@ -256,7 +283,11 @@ async fn alert_pushes(
     event: &StoredEvent,
 ) -> Result<usize, ProjectionError> {
     let mut written = 0;
-    for alert in alerts::changed_at(tx.into(), event.position).await? {
+    let changed = match out.noted_alerts(event.position) {
+        Some(rows) => rows,
+        None => alerts::changed_at(tx.into(), event.position).await?,
+    };
+    for alert in changed {
         let action = if alert.created_position == event.position {
             "alert.new"
         } else {
@@ -598,6 +629,9 @@ const ROWS_PER_INSERT: usize = 1000;
 #[derive(Debug, Default)]
 pub struct Pushes {
     pending: Vec<NewPush>,
+    /// The alerts the event being applied created or changed, noted by the alerts projection
+    /// (applied just before the feed) so the feed need not read them back.
+    noted_alerts: Option<(i64, Vec<AlertRow>)>,
 }
 
 impl Pushes {
@@ -608,6 +642,20 @@ impl Pushes {
             payload: Some(payload.clone()),
             at,
         });
+    }
+
+    /// Notes the alerts that the event at `position` created or changed.
+    pub fn note_alerts(&mut self, position: i64, rows: Vec<AlertRow>) {
+        self.noted_alerts = Some((position, rows));
+    }
+
+    /// The alerts noted for the event at `position`; `None` when the alerts projection did not
+    /// apply that event in this round (it was already past it), so they must be read.
+    fn noted_alerts(&mut self, position: i64) -> Option<Vec<AlertRow>> {
+        match self.noted_alerts.take() {
+            Some((at, rows)) if at == position => Some(rows),
+            _ => None,
+        }
     }
 
     /// A `user.update` for `user_id`, rendered when the pushes are written.
@@ -626,15 +674,21 @@ impl Pushes {
         write_pushes(tx, &rows).await
     }
 
-    /// Renders the pending `user.update`s: the pushes to write, in order.
+    /// Renders the pending `user.update`s (all of them together) and returns the pushes to
+    /// write, in order.
     pub async fn render(&mut self, tx: &mut DbTx) -> Result<Vec<ReadyPush>, ProjectionError> {
         let pending = std::mem::take(&mut self.pending);
-        let last_update: std::collections::HashMap<String, usize> = pending
+        let last_update: HashMap<String, usize> = pending
             .iter()
             .enumerate()
             .filter(|(_, push)| push.payload.is_none())
             .map(|(i, push)| (push.user_id.clone(), i))
             .collect();
+        let wanted: Vec<(String, DateTime<Utc>)> = last_update
+            .iter()
+            .map(|(user_id, &i)| (user_id.clone(), pending[i].at))
+            .collect();
+        let mut rendered = extended_users(tx, &wanted).await?;
         let mut rows: Vec<ReadyPush> = Vec::with_capacity(pending.len());
         for (i, push) in pending.into_iter().enumerate() {
             let payload = match push.payload {
@@ -643,7 +697,7 @@ impl Pushes {
                     if last_update.get(push.user_id.as_str()) != Some(&i) {
                         continue;
                     }
-                    let Some(user) = extended_user(tx, &push.user_id, push.at).await? else {
+                    let Some(user) = rendered.remove(&push.user_id) else {
                         continue;
                     };
                     json!({ "user": user })

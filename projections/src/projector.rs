@@ -113,7 +113,11 @@ impl Projection {
             Projection::Calls => calls::apply(tx, event).await,
             Projection::Reviews => reviews::apply(tx, event).await,
             Projection::Support => support::apply(tx, event).await,
-            Projection::Alerts => alerts::apply(tx, event).await,
+            Projection::Alerts => {
+                let written = alerts::apply(tx, event).await?;
+                pushes.note_alerts(event.position, written);
+                Ok(())
+            }
             Projection::Feed => feed::apply(tx, pushes, event).await.map(|_| ()),
         }
     }

@@ -244,38 +244,96 @@ pub async fn counters(
     user_id: &str,
     day_start: DateTime<Utc>,
 ) -> Result<Counters, sqlx::Error> {
-    let sql = format!(
-        "SELECT
-        (SELECT COUNT(*) FROM connections WHERE user_id = $1),
-        (SELECT COUNT(*) FROM connect_requests WHERE to_id = $1 AND status = 'pending')
-          + (SELECT COUNT(*) FROM chats c JOIN chat_members m ON m.chat_id = c.id
-              WHERE m.user_id = $1 AND c.request_status = 'pending' AND c.request_sender <> $1),
-        (SELECT COUNT(*) FROM chat_members WHERE user_id = $1 AND unread_count > 0),
-        (SELECT COUNT(*) FROM alerts WHERE user_id = $1 AND status = 'unread'),
-        COALESCE((SELECT balance FROM ledger_accounts WHERE account = 'user:' || $1), 0),
-        {},
-        (SELECT MIN(id) FROM support_tickets WHERE user_id = $1 AND status = 'open')",
-        crate::calls::CALLS_SINCE_SQL
-    );
-    type Row = (i64, i64, i64, i64, i64, i64, Option<String>);
-    let (
-        total_connections,
-        total_pending_requests,
-        total_unread_chats,
-        total_unread_alerts,
-        coins_balance,
-        total_calls_today,
-        open_ticket,
-    ): Row = with_source!(source, conn => {
+    let sql = format!("SELECT {}", counters_columns("$1", "$2"));
+    let row: CountersRow = with_source!(source, conn => {
         sqlx::query_as(&sql).bind(user_id).bind(day_start).fetch_one(conn).await?
     });
-    Ok(Counters {
-        total_connections,
-        total_pending_requests,
-        total_unread_chats,
-        total_unread_alerts,
-        coins_balance,
-        total_calls_today,
-        open_ticket,
-    })
+    Ok(Counters::from(row))
+}
+
+/// The counters of several users at once (a projector round's `user.update` pushes), each
+/// `(user, start of their day)`: one statement for any number of them.
+pub async fn counters_of_many(
+    source: Source<'_>,
+    users: &[(String, DateTime<Utc>)],
+) -> Result<HashMap<String, Counters>, sqlx::Error> {
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // PostgreSQL: two arrays (one statement text for any number; see `one_of`); SQLite: a
+    // `VALUES` list.
+    let rows = if source.is_postgres() {
+        "SELECT * FROM UNNEST($1::text[], $2::timestamptz[])".to_string()
+    } else {
+        let values: Vec<String> = (0..users.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        format!("VALUES {}", values.join(", "))
+    };
+    let sql = format!(
+        "WITH u (id, day_start) AS ({rows}) SELECT u.id, {} FROM u",
+        counters_columns("u.id", "u.day_start")
+    );
+    type Row = (String, i64, i64, i64, i64, i64, i64, Option<String>);
+    let found: Vec<Row> = with_source_by_store!(source, conn,
+        postgres => {
+            let (ids, days): (Vec<&str>, Vec<DateTime<Utc>>) =
+                users.iter().map(|(id, day)| (id.as_str(), *day)).unzip();
+            sqlx::query_as(&sql).bind(ids).bind(days).fetch_all(conn).await?
+        },
+        sqlite => {
+            let mut query = sqlx::query_as(&sql);
+            for (id, day) in users {
+                query = query.bind(id).bind(day);
+            }
+            query.fetch_all(conn).await?
+        }
+    );
+    Ok(found
+        .into_iter()
+        .map(|(id, a, b, c, d, e, f, g)| (id, Counters::from((a, b, c, d, e, f, g))))
+        .collect())
+}
+
+type CountersRow = (i64, i64, i64, i64, i64, i64, Option<String>);
+
+impl From<CountersRow> for Counters {
+    fn from(row: CountersRow) -> Self {
+        let (
+            total_connections,
+            total_pending_requests,
+            total_unread_chats,
+            total_unread_alerts,
+            coins_balance,
+            total_calls_today,
+            open_ticket,
+        ) = row;
+        Counters {
+            total_connections,
+            total_pending_requests,
+            total_unread_chats,
+            total_unread_alerts,
+            coins_balance,
+            total_calls_today,
+            open_ticket,
+        }
+    }
+}
+
+/// The counters' select list for the user in `user` and the start of their day in `day_start`
+/// (SQL expressions: placeholders, or the columns of a list of users).
+fn counters_columns(user: &str, day_start: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM connections WHERE user_id = {user}),
+        (SELECT COUNT(*) FROM connect_requests WHERE to_id = {user} AND status = 'pending')
+          + (SELECT COUNT(*) FROM chats c JOIN chat_members m ON m.chat_id = c.id
+              WHERE m.user_id = {user} AND c.request_status = 'pending'
+                AND c.request_sender <> {user}),
+        (SELECT COUNT(*) FROM chat_members WHERE user_id = {user} AND unread_count > 0),
+        (SELECT COUNT(*) FROM alerts WHERE user_id = {user} AND status = 'unread'),
+        COALESCE((SELECT balance FROM ledger_accounts WHERE account = 'user:' || {user}), 0),
+        {},
+        (SELECT MIN(id) FROM support_tickets WHERE user_id = {user} AND status = 'open')",
+        crate::calls::calls_since_sql(user, day_start)
+    )
 }

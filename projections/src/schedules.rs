@@ -2,7 +2,7 @@
 //! schedules with their occurrences, each calendar's hold on a schedule (`calendar_bookings`)
 //! and the reminders due (`schedule_reminders`), all from the Calendar streams.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::{json, Map, Value};
@@ -13,10 +13,10 @@ use talkamie_aggregates::calendar::{
 };
 
 use crate::bind_all;
-use crate::db::{exec, Bind, Params, Source};
+use crate::db::{exec, one_of, Bind, Params, Source};
 use crate::relations::iso;
 use crate::users::UserRecord;
-use crate::{with_source, with_tx, DbTx, ProjectionError, StoredEvent};
+use crate::{with_source, with_source_by_store, with_tx, DbTx, ProjectionError, StoredEvent};
 use Bind::{Int, Text, Time};
 
 pub const TABLES: &[&str] = &[
@@ -290,40 +290,150 @@ pub async fn custom(
 /// `today` (the user's local date) and the booked times of live schedules still to come, both
 /// in the user's wall-clock time.
 pub async fn availability_json(
-    mut source: Source<'_>,
+    source: Source<'_>,
     user: &UserRecord,
     now: DateTime<Utc>,
 ) -> Result<Value, sqlx::Error> {
-    let user_id = user.id.as_str();
-    let zone = &user.zone();
-    let today = zone.local(now).date();
+    let mut many = availability_of_many(source, &[(user, now)]).await?;
+    Ok(many.remove(&user.id).unwrap_or(Value::Null))
+}
+
+/// [`availability_json`] of several users, each at their own `now` (a projector round's
+/// `user.update` pushes): three statements for any number of users (one when none is a
+/// volunteer), each reading the rows of all of them.
+pub async fn availability_of_many(
+    mut source: Source<'_>,
+    users: &[(&UserRecord, DateTime<Utc>)],
+) -> Result<HashMap<String, Value>, sqlx::Error> {
+    let Some(earliest) = users.iter().map(|(_, now)| *now).min() else {
+        return Ok(HashMap::new());
+    };
+    let postgres = source.is_postgres();
     // Only volunteers publish availability: spare the two reads for everyone else (this runs
     // for every `user.update` push).
+    let volunteers: Vec<String> = users
+        .iter()
+        .filter(|(user, _)| user.is_volunteer())
+        .map(|(user, _)| user.id.clone())
+        .collect();
+    let mut weekly: HashMap<String, Value> = HashMap::new();
+    let mut custom: HashMap<String, Vec<(NaiveDate, Value)>> = HashMap::new();
+    if !volunteers.is_empty() {
+        let sql = format!(
+            "SELECT user_id, week FROM availability_weekly WHERE user_id {}",
+            one_of(postgres, 1, volunteers.len())
+        );
+        let rows: Vec<(String, Json<Value>)> = with_source_by_store!(source.reborrow(), conn,
+            postgres => sqlx::query_as(&sql).bind(&volunteers).fetch_all(conn).await?,
+            sqlite => bind_each(sqlx::query_as(&sql), &volunteers).fetch_all(conn).await?
+        );
+        weekly.extend(rows.into_iter().map(|(id, week)| (id, week.0)));
+        // Each user's dates run from their own today; read the widest span and cut per user.
+        let days = |(user, now): &(&UserRecord, DateTime<Utc>)| custom_days(user, *now);
+        let from = users.iter().map(|u| days(u).0).min().unwrap_or_default();
+        let to = users.iter().map(|u| days(u).1).max().unwrap_or_default();
+        let next = if postgres { 2 } else { volunteers.len() + 1 };
+        let sql = format!(
+            "SELECT user_id, day, ranges FROM availability_custom
+              WHERE user_id {} AND day >= ${next} AND day <= ${} ORDER BY day",
+            one_of(postgres, 1, volunteers.len()),
+            next + 1
+        );
+        let rows: Vec<(String, NaiveDate, Json<Value>)> = with_source_by_store!(source.reborrow(), conn,
+            postgres => sqlx::query_as(&sql).bind(&volunteers).bind(from).bind(to)
+                .fetch_all(conn).await?,
+            sqlite => bind_each(sqlx::query_as(&sql), &volunteers).bind(from).bind(to)
+                .fetch_all(conn).await?
+        );
+        for (id, day, ranges) in rows {
+            custom.entry(id).or_default().push((day, ranges.0));
+        }
+    }
+    let ids: Vec<String> = users.iter().map(|(user, _)| user.id.clone()).collect();
+    let next = if postgres { 2 } else { ids.len() + 1 };
+    let list = one_of(postgres, 1, ids.len());
+    let sql = format!(
+        "SELECT volunteer_id, senior_id, recurrence, starts_at, ends_at, last_ends_at FROM schedules
+          WHERE (volunteer_id {list} OR senior_id {list}) AND state = 'live'
+            AND last_ends_at > ${next}
+          ORDER BY starts_at"
+    );
+    let booked: Vec<BookedRow> = with_source_by_store!(source, conn,
+        postgres => sqlx::query_as(&sql).bind(&ids).bind(earliest).fetch_all(conn).await?,
+        sqlite => bind_each(sqlx::query_as(&sql), &ids).bind(earliest).fetch_all(conn).await?
+    );
+    Ok(users
+        .iter()
+        .map(|&(user, now)| {
+            let id = user.id.as_str();
+            let (from, to) = custom_days(user, now);
+            let dates = custom.get(id).map_or(&[][..], Vec::as_slice);
+            let dates = dates.iter().filter(|(day, _)| from <= *day && *day <= to);
+            let slots = booked
+                .iter()
+                .filter(|row| (row.0 == id || row.1 == id) && row.5 > now);
+            let week = weekly.remove(id);
+            (
+                user.id.clone(),
+                render_availability(user, week, dates, slots),
+            )
+        })
+        .collect())
+}
+
+/// A live schedule's times: volunteer, senior, recurrence, starts, ends, last occurrence's end.
+type BookedRow = (
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+/// Binds each of `ids` in turn (SQLite's `IN` lists: it binds no arrays).
+fn bind_each<'q, O>(
+    mut query: sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>,
+    ids: &'q [String],
+) -> sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments<'q>> {
+    for id in ids {
+        query = query.bind(id);
+    }
+    query
+}
+
+/// The custom dates `full_user` shows: from the user's local today to as far ahead as a
+/// booking may be made.
+fn custom_days(user: &UserRecord, now: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
+    let today = user.zone().local(now).date();
+    // A real bound: SQLite compares dates as text, where NaiveDate::MAX sorts first.
+    let horizon = today + chrono::Days::new(talkamie_aggregates::calendar::MAX_DAYS_AHEAD + 1);
+    (today, horizon)
+}
+
+/// The `availability` object from the rows read for `user`.
+fn render_availability<'a>(
+    user: &UserRecord,
+    weekly: Option<Value>,
+    custom: impl Iterator<Item = &'a (NaiveDate, Value)>,
+    booked: impl Iterator<Item = &'a BookedRow>,
+) -> Value {
+    let zone = &user.zone();
     let (weekly, custom) = if user.is_volunteer() {
-        // A real bound: SQLite compares dates as text, where NaiveDate::MAX sorts first.
-        let horizon = today + chrono::Days::new(talkamie_aggregates::calendar::MAX_DAYS_AHEAD + 1);
+        let custom: Map<String, Value> = custom
+            .map(|(day, ranges)| (day.to_string(), ranges.clone()))
+            .collect();
         (
-            weekly(source.reborrow(), user_id).await?,
-            custom(source.reborrow(), user_id, today, horizon).await?,
+            weekly.unwrap_or_else(|| week_json(&BTreeMap::new())),
+            Value::Object(custom),
         )
     } else {
         (week_json(&BTreeMap::new()), json!({}))
     };
-    let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = with_source!(source, conn => {
-        sqlx::query_as(
-            "SELECT recurrence, starts_at, ends_at FROM schedules
-              WHERE (volunteer_id = $1 OR senior_id = $1) AND state = 'live' AND last_ends_at > $2
-              ORDER BY starts_at",
-        )
-        .bind(user_id)
-        .bind(now)
-        .fetch_all(conn)
-        .await?
-    });
     let mut booked_custom: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut booked_weekly: BTreeMap<Day, Vec<Value>> = BTreeMap::new();
-    for (recurrence, from, to) in rows {
-        let (start, end) = (zone.local(from), zone.local(to));
+    for (_, _, recurrence, from, to, _) in booked {
+        let (start, end) = (zone.local(*from), zone.local(*to));
         let range = json!({
             "start": start.format("%H:%M").to_string(),
             "end": if end.date() > start.date() { "24:00".to_string() } else { end.format("%H:%M").to_string() },
@@ -348,11 +458,11 @@ pub async fn availability_json(
         .into_iter()
         .map(|(day, ranges)| (day.as_str().to_string(), json!(ranges)))
         .collect();
-    Ok(json!({
+    json!({
         "custom": custom,
         "weekly": weekly,
         "bookedSlots": {"custom": booked_custom, "weekly": booked_weekly},
-    }))
+    })
 }
 
 /// SQL condition (for the directory's `?` placeholders: bind the date twice): the user in

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::both_stores;
 use crate::files::{put_bytes, signed};
 use crate::helpers::{assert_error, unique_email, Backend, Server, TestDb};
-use crate::ledger::{fund, ledger_server, user};
+use crate::ledger::{checkout, fund, ledger_server, open_top_up, user};
 
 both_stores!(
     availability_is_validated_and_shown,
@@ -19,6 +19,7 @@ both_stores!(
     weekly_hours_stay_local_across_daylight_saving,
     racing_bookings_never_overlap,
     reminders_arrive_once_even_with_two_instances,
+    each_user_update_of_a_round_shows_its_own_user,
 );
 
 /// A volunteer who passed every verification step: `(id, token)`.
@@ -1024,5 +1025,99 @@ pub async fn no_push(ws: &mut crate::helpers::Ws, action: &str, wait: Duration) 
             Some(_) => continue,
             None => return true,
         }
+    }
+}
+
+/// A projector round renders the `user.update`s of all the users it touched together (one read
+/// per part for all of them): each must still show its own user. Three seniors pay top-ups of
+/// different sizes and two volunteers publish different weekly hours, all at once, so rounds
+/// hold several of them. Each user's pushes show only their own balance or hours, and the last
+/// one is their `GET /v1/auth` user.
+async fn each_user_update_of_a_round_shows_its_own_user(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = ledger_server(&db, &[]).await;
+    let (_, admin) = server.admin(&db).await;
+    let mut volunteers = Vec::new();
+    for _ in 0..2 {
+        volunteers.push(verified_volunteer(&server, &db, &admin).await);
+    }
+    let mut seniors = Vec::new();
+    for _ in 0..3 {
+        seniors.push(user(&server, "senior").await);
+    }
+    let mut sockets = Vec::new();
+    for (_, token) in volunteers.iter().chain(seniors.iter()) {
+        sockets.push(server.ws_authenticated(token, None).await.0);
+    }
+    let hours = [("08:00", "12:00"), ("14:00", "18:30")];
+    let amounts = [300i64, 500, 700];
+    let mut sessions = Vec::new();
+    for ((_, token), coins) in seniors.iter().zip(amounts) {
+        sessions.push(open_top_up(&server, token, coins).await.1);
+    }
+    let server = std::sync::Arc::new(server);
+    let mut writes = Vec::new();
+    for ((_, token), (start, end)) in volunteers.iter().zip(hours) {
+        let (server, token) = (server.clone(), token.clone());
+        writes.push(tokio::spawn(async move {
+            set_weekly(&server, &token, all_week(start, end)).await.0
+        }));
+    }
+    for session in sessions {
+        let server = server.clone();
+        writes.push(tokio::spawn(async move {
+            checkout(&server, &session, "pay").await.0
+        }));
+    }
+    for write in writes {
+        assert_eq!(write.await.expect("write"), StatusCode::OK);
+    }
+
+    let (volunteer_sockets, senior_sockets) = sockets.split_at_mut(2);
+    for ((ws, (id, token)), (start, end)) in
+        volunteer_sockets.iter_mut().zip(&volunteers).zip(hours)
+    {
+        let pushed = ws
+            .push_where("user.update", |p| {
+                let user = &p["data"]["user"];
+                assert_eq!(user["id"], json!(id), "{p}");
+                let mon = &user["availability"]["weekly"]["mon"];
+                assert!(
+                    *mon == json!([]) || *mon == json!([{"start": start, "end": end}]),
+                    "{id} sees other hours: {p}"
+                );
+                *mon != json!([])
+            })
+            .await;
+        let (_, me) = server.get("/v1/auth", Some(token)).await;
+        assert_eq!(
+            pushed["data"]["user"]["availability"], me["data"]["user"]["availability"],
+            "{pushed} / {me}"
+        );
+    }
+    for ((ws, (id, token)), coins) in senior_sockets.iter_mut().zip(&seniors).zip(amounts) {
+        let pushed = ws
+            .push_where("user.update", |p| {
+                let user = &p["data"]["user"];
+                assert_eq!(user["id"], json!(id), "{p}");
+                let balance = &user["ledger"]["coins"]["balance"];
+                assert!(
+                    *balance == json!(0) || *balance == json!(coins),
+                    "{id} sees another balance: {p}"
+                );
+                *balance == json!(coins)
+            })
+            .await;
+        let (_, me) = server.get("/v1/auth", Some(token)).await;
+        assert_eq!(
+            pushed["data"]["user"]["ledger"],
+            me["data"]["user"]["ledger"]
+        );
+        assert_eq!(
+            pushed["data"]["user"]["totalUnreadAlerts"], me["data"]["user"]["totalUnreadAlerts"],
+            "{pushed} / {me}"
+        );
     }
 }
