@@ -34,6 +34,19 @@ pub fn alert_id(event: &StoredEvent, user_id: &str) -> String {
     Uuid::new_v5(&ALERT_NAMESPACE, key.as_bytes()).to_string()
 }
 
+/// Where one event's alerts go: the projector's transaction, and the rows written so far (the
+/// feed renders `alert.new` / `alert.update` from them instead of reading them back).
+struct Written<'t> {
+    tx: &'t mut DbTx,
+    rows: Vec<AlertRow>,
+}
+
+impl Written<'_> {
+    fn source(&mut self) -> Source<'_> {
+        Source::Tx(self.tx)
+    }
+}
+
 /// The short profile an alert shows of the other person.
 async fn user_brief(tx: &mut DbTx, user_id: &str) -> Result<Value, ProjectionError> {
     let row: Option<(String, Option<String>, Option<Json<Value>>)> = with_tx!(tx, conn => {
@@ -53,8 +66,7 @@ async fn user_brief(tx: &mut DbTx, user_id: &str) -> Result<Value, ProjectionErr
 }
 
 async fn insert(
-    tx: &mut DbTx,
-    written: &mut Vec<AlertRow>,
+    out: &mut Written<'_>,
     event: &StoredEvent,
     user_id: &str,
     (alert_type, subject_id): (&str, &str),
@@ -63,8 +75,7 @@ async fn insert(
 ) -> Result<(), ProjectionError> {
     let id = alert_id(event, user_id);
     insert_with_id(
-        tx,
-        written,
+        out,
         event,
         (&id, user_id),
         (alert_type, subject_id),
@@ -75,10 +86,9 @@ async fn insert(
 }
 
 /// Inserts alert `id` for `user_id` (once: the id comes from the event) and notes the row it
-/// wrote in `written`.
+/// wrote.
 async fn insert_with_id(
-    tx: &mut DbTx,
-    written: &mut Vec<AlertRow>,
+    out: &mut Written<'_>,
     event: &StoredEvent,
     (id, user_id): (&str, &str),
     (alert_type, subject_id): (&str, &str),
@@ -92,7 +102,7 @@ async fn insert_with_id(
          ON CONFLICT (id) DO NOTHING
          RETURNING {ALERT_COLUMNS}"
     );
-    let row: Option<AlertRow> = with_tx!(tx, conn => {
+    let row: Option<AlertRow> = with_tx!(out.tx, conn => {
         sqlx::query_as(&sql)
             .bind(id)
             .bind(user_id)
@@ -104,43 +114,33 @@ async fn insert_with_id(
             .fetch_optional(conn)
             .await?
     });
-    written.extend(row);
+    out.rows.extend(row);
     Ok(())
 }
 
 /// Sets the status at `pointer` (a JSON pointer into the body, e.g. `/connectRequest/status`)
 /// in every alert about `subject_id`.
 async fn update_subject_status(
-    tx: &mut DbTx,
-    written: &mut Vec<AlertRow>,
+    out: &mut Written<'_>,
     event: &StoredEvent,
     subject_id: &str,
     pointer: &str,
     status: &str,
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
-    update_subject(
-        tx,
-        written,
-        event,
-        subject_id,
-        &[(pointer, json!(status))],
-        at,
-    )
-    .await
+    update_subject(out, event, subject_id, &[(pointer, json!(status))], at).await
 }
 
 /// Sets each `(pointer, value)` (a JSON pointer into the body; a missing last key is added) in
 /// every alert about `subject_id`.
 async fn update_subject(
-    tx: &mut DbTx,
-    written: &mut Vec<AlertRow>,
+    out: &mut Written<'_>,
     event: &StoredEvent,
     subject_id: &str,
     changes: &[(&str, Value)],
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
-    let rows: Vec<(String, Json<Value>)> = with_tx!(tx, conn => {
+    let rows: Vec<(String, Json<Value>)> = with_tx!(out.tx, conn => {
         sqlx::query_as("SELECT id, body FROM alerts WHERE subject_id = $1")
             .bind(subject_id)
             .fetch_all(conn)
@@ -159,7 +159,7 @@ async fn update_subject(
             "UPDATE alerts SET body = $2, changed_position = $3, updated_at = $4 WHERE id = $1
              RETURNING {ALERT_COLUMNS}"
         );
-        let row: Option<AlertRow> = with_tx!(tx, conn => {
+        let row: Option<AlertRow> = with_tx!(out.tx, conn => {
             sqlx::query_as(&sql)
                 .bind(&id)
                 .bind(Json(&body))
@@ -168,7 +168,7 @@ async fn update_subject(
                 .fetch_optional(conn)
                 .await?
         });
-        written.extend(row);
+        out.rows.extend(row);
     }
     Ok(())
 }
@@ -185,8 +185,7 @@ fn connect_request(id: &str, status: &str, from: &str, to: &str) -> Value {
 /// `schedule` alerts from the volunteer's calendar (the commit point of every schedule change):
 /// the volunteer hears of a new or changed booking, the other side of a cancellation.
 async fn schedule_alerts(
-    tx: &mut DbTx,
-    written: &mut Vec<AlertRow>,
+    out: &mut Written<'_>,
     event: &StoredEvent,
 ) -> Result<(), ProjectionError> {
     let (schedule_id, status, by, at) = match event.decode::<CalendarEvent>()? {
@@ -208,7 +207,7 @@ async fn schedule_alerts(
         } => (schedule_id, "canceled", Some(by), at),
         _ => return Ok(()),
     };
-    let Some(row) = schedules::find(tx.into(), &schedule_id, at).await? else {
+    let Some(row) = schedules::find(out.source(), &schedule_id, at).await? else {
         return Ok(());
     };
     // The volunteer hears of bookings and moves (made by the senior); the other side of
@@ -223,28 +222,18 @@ async fn schedule_alerts(
             "timeslot": {"from": iso(row.slot_from), "to": iso(row.slot_to)}, "status": status,
         },
         "chat": {"id": row.chat_id},
-        "user": user_brief(tx, &actor).await?,
+        "user": user_brief(out.tx, &actor).await?,
     });
-    insert(
-        tx,
-        written,
-        event,
-        &recipient,
-        ("schedule", &schedule_id),
-        body,
-        at,
-    )
-    .await
+    insert(out, event, &recipient, ("schedule", &schedule_id), body, at).await
 }
 
 /// A `transaction` alert for every transaction the event created or changed (one event may
 /// change two: a failed payout and its refund).
 async fn transaction_alerts(
-    tx: &mut DbTx,
-    written: &mut Vec<AlertRow>,
+    out: &mut Written<'_>,
     event: &StoredEvent,
 ) -> Result<(), ProjectionError> {
-    for row in ledger::changed_at(tx.into(), event.position).await? {
+    for row in ledger::changed_at(out.source(), event.position).await? {
         // A forfeit happens as the owner's account is deleted: nobody is left to tell.
         if row.kind == "forfeit" {
             continue;
@@ -253,8 +242,7 @@ async fn transaction_alerts(
         let body = json!({ "transaction": row.to_json() });
         let subject = ("transaction", row.id.as_str());
         insert_with_id(
-            tx,
-            written,
+            out,
             event,
             (&id, &row.user_id),
             subject,
@@ -267,11 +255,7 @@ async fn transaction_alerts(
 }
 
 /// `review` alerts: the ratee hears of a new review; a change or a delete updates that alert.
-async fn review_alerts(
-    tx: &mut DbTx,
-    written: &mut Vec<AlertRow>,
-    event: &StoredEvent,
-) -> Result<(), ProjectionError> {
+async fn review_alerts(out: &mut Written<'_>, event: &StoredEvent) -> Result<(), ProjectionError> {
     match event.decode::<ReviewEvent>()? {
         ReviewEvent::Written {
             review_id,
@@ -282,13 +266,13 @@ async fn review_alerts(
             at,
         } => {
             // From the event alone, so a rebuild keeps the alert of a review deleted since.
-            let user = user_brief(tx, &rater).await?;
+            let user = user_brief(out.tx, &rater).await?;
             let review = json!({
                 "id": review_id, "rate": rate, "text": text,
                 "rater": {"id": rater, "name": user["name"]}, "timestamp": iso(at),
             });
             let body = json!({ "review": review, "user": user });
-            insert(tx, written, event, &ratee, ("review", &review_id), body, at).await
+            insert(out, event, &ratee, ("review", &review_id), body, at).await
         }
         ReviewEvent::Updated {
             review_id,
@@ -297,11 +281,11 @@ async fn review_alerts(
             at,
         } => {
             let changes = [("/review/rate", json!(rate)), ("/review/text", json!(text))];
-            update_subject(tx, written, event, &review_id, &changes, at).await
+            update_subject(out, event, &review_id, &changes, at).await
         }
         ReviewEvent::Deleted { review_id, at } => {
             let changes = [("/review/deleted", json!(true))];
-            update_subject(tx, written, event, &review_id, &changes, at).await
+            update_subject(out, event, &review_id, &changes, at).await
         }
     }
 }
@@ -325,31 +309,31 @@ pub fn pair_event_writes_alerts(event: &PairEvent) -> bool {
 /// Applies `event`; returns the alerts it created or changed, as [`changed_at`] would read them
 /// back (the feed renders its `alert.new` / `alert.update` pushes from them).
 pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<Vec<AlertRow>, ProjectionError> {
-    let mut written = Vec::new();
-    apply_into(tx, &mut written, event).await?;
+    let mut out = Written {
+        tx,
+        rows: Vec::new(),
+    };
+    apply_into(&mut out, event).await?;
     // In `changed_at`'s order (by id), each alert once in its last state.
-    let by_id: std::collections::BTreeMap<String, AlertRow> = written
+    let by_id: std::collections::BTreeMap<String, AlertRow> = out
+        .rows
         .into_iter()
         .map(|row| (row.id.clone(), row))
         .collect();
     Ok(by_id.into_values().collect())
 }
 
-async fn apply_into(
-    tx: &mut DbTx,
-    written: &mut Vec<AlertRow>,
-    event: &StoredEvent,
-) -> Result<(), ProjectionError> {
+async fn apply_into(out: &mut Written<'_>, event: &StoredEvent) -> Result<(), ProjectionError> {
     if ledger::is_wallet_event(event) {
-        return transaction_alerts(tx, written, event).await;
+        return transaction_alerts(out, event).await;
     }
     if reviews::is_review_event(event) {
-        return review_alerts(tx, written, event).await;
+        return review_alerts(out, event).await;
     }
     if event.aggregate_type == <AlertInbox as cqrs_es::Aggregate>::TYPE {
         let AlertInboxEvent::AlertsRead { alert_ids, at } = event.decode()?;
         for id in alert_ids {
-            with_tx!(tx, conn => {
+            with_tx!(out.tx, conn => {
                 sqlx::query(
                     "UPDATE alerts SET status = 'read', updated_at = $3
                       WHERE id = $1 AND user_id = $2 AND status = 'unread'",
@@ -365,7 +349,7 @@ async fn apply_into(
         return Ok(());
     }
     if schedules::is_calendar_event(event) {
-        return schedule_alerts(tx, written, event).await;
+        return schedule_alerts(out, event).await;
     }
     if !is_pair_event(event) {
         return Ok(());
@@ -384,56 +368,20 @@ async fn apply_into(
         } => {
             let body = json!({
                 "connectRequest": connect_request(&request_id, "pending", &from, &to),
-                "user": user_brief(tx, &from).await?,
+                "user": user_brief(out.tx, &from).await?,
             });
-            insert(
-                tx,
-                written,
-                event,
-                &to,
-                ("connect-request", &request_id),
-                body,
-                at,
-            )
-            .await?;
+            insert(out, event, &to, ("connect-request", &request_id), body, at).await?;
         }
         PairEvent::ConnectionRequestCanceled { request_id, at } => {
-            update_subject_status(
-                tx,
-                written,
-                event,
-                &request_id,
-                CONNECT_STATUS,
-                "canceled",
-                at,
-            )
-            .await?
+            update_subject_status(out, event, &request_id, CONNECT_STATUS, "canceled", at).await?
         }
         PairEvent::ConnectionRequestRejected { request_id, at } => {
-            update_subject_status(
-                tx,
-                written,
-                event,
-                &request_id,
-                CONNECT_STATUS,
-                "rejected",
-                at,
-            )
-            .await?
+            update_subject_status(out, event, &request_id, CONNECT_STATUS, "rejected", at).await?
         }
         PairEvent::ConnectionAccepted { request_id, at } => {
-            update_subject_status(
-                tx,
-                written,
-                event,
-                &request_id,
-                CONNECT_STATUS,
-                "accepted",
-                at,
-            )
-            .await?;
+            update_subject_status(out, event, &request_id, CONNECT_STATUS, "accepted", at).await?;
             // The sender learns that their request was accepted.
-            let parties: Option<(String, String)> = with_tx!(tx, conn => {
+            let parties: Option<(String, String)> = with_tx!(out.tx, conn => {
                 sqlx::query_as("SELECT from_id, to_id FROM connect_requests WHERE id = $1")
                     .bind(&request_id)
                     .fetch_optional(conn)
@@ -443,11 +391,10 @@ async fn apply_into(
                 let body = json!({
                     "connectRequest": connect_request(&request_id, "accepted", &from, &to),
                     "chat": {"id": chat_id},
-                    "user": user_brief(tx, &to).await?,
+                    "user": user_brief(out.tx, &to).await?,
                 });
                 insert(
-                    tx,
-                    written,
+                    out,
                     event,
                     &from,
                     ("connect-request", &request_id),
@@ -469,23 +416,13 @@ async fn apply_into(
             let body = json!({
                 "chat": {"id": chat_id, "request": {"id": request_id, "status": "pending"}},
                 "message": {"id": message_id, "text": text},
-                "user": user_brief(tx, &from).await?,
+                "user": user_brief(out.tx, &from).await?,
             });
-            insert(
-                tx,
-                written,
-                event,
-                &to,
-                ("message-request", &request_id),
-                body,
-                at,
-            )
-            .await?;
+            insert(out, event, &to, ("message-request", &request_id), body, at).await?;
         }
         PairEvent::MessageRequestCanceled { request_id, at } => {
             update_subject_status(
-                tx,
-                written,
+                out,
                 event,
                 &request_id,
                 MESSAGE_REQUEST_STATUS,
@@ -496,8 +433,7 @@ async fn apply_into(
         }
         PairEvent::MessageRequestRejected { request_id, at } => {
             update_subject_status(
-                tx,
-                written,
+                out,
                 event,
                 &request_id,
                 MESSAGE_REQUEST_STATUS,
@@ -508,8 +444,7 @@ async fn apply_into(
         }
         PairEvent::MessageRequestAccepted { request_id, at } => {
             update_subject_status(
-                tx,
-                written,
+                out,
                 event,
                 &request_id,
                 MESSAGE_REQUEST_STATUS,
@@ -517,7 +452,7 @@ async fn apply_into(
                 at,
             )
             .await?;
-            let parties: Option<(Option<String>, String)> = with_tx!(tx, conn => {
+            let parties: Option<(Option<String>, String)> = with_tx!(out.tx, conn => {
                 sqlx::query_as(
                     "SELECT c.request_sender, m.user_id FROM chats c
                        JOIN chat_members m ON m.chat_id = c.id AND m.user_id <> c.request_sender
@@ -530,11 +465,10 @@ async fn apply_into(
             if let Some((Some(from), to)) = parties {
                 let body = json!({
                     "chat": {"id": chat_id, "request": {"id": request_id, "status": "accepted"}},
-                    "user": user_brief(tx, &to).await?,
+                    "user": user_brief(out.tx, &to).await?,
                 });
                 insert(
-                    tx,
-                    written,
+                    out,
                     event,
                     &from,
                     ("message-request", &request_id),
