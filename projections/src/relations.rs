@@ -149,16 +149,7 @@ pub async fn between(
     if pairs.is_empty() {
         return Ok(HashMap::new());
     }
-    // PostgreSQL: the pairs as two arrays (one statement text for any number of pairs; see
-    // `one_of`); SQLite: a `VALUES` list.
-    let pair_rows = if source.is_postgres() {
-        "SELECT * FROM UNNEST($1::text[], $2::text[])".to_string()
-    } else {
-        let values: Vec<String> = (0..pairs.len())
-            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-            .collect();
-        format!("VALUES {}", values.join(", "))
-    };
+    let pair_rows = pair_rows(source.is_postgres(), pairs.len(), "text");
     let sql = format!("WITH p (reader, other) AS ({pair_rows}) {BETWEEN_PARTS} ORDER BY 1, 8, 4");
     let rows: Vec<RelationRow> = with_source_by_store!(source, conn,
         postgres => {
@@ -179,6 +170,20 @@ pub async fn between(
         }
     );
     Ok(fold(pairs, rows))
+}
+
+/// `n` pairs bound from `$1` as the rows of a two-column `WITH` (the second column of SQL type
+/// `second`): on PostgreSQL two arrays, unnested (one statement text for any number of pairs;
+/// see `one_of`); on SQLite, which binds no arrays, a `VALUES` list.
+fn pair_rows(postgres: bool, n: usize, second: &str) -> String {
+    if postgres {
+        format!("SELECT * FROM UNNEST($1::text[], $2::{second}[])")
+    } else {
+        let values: Vec<String> = (0..n)
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        format!("VALUES {}", values.join(", "))
+    }
 }
 
 /// Folds the rows of a relations query into one `Relation` per pair.
@@ -260,16 +265,7 @@ pub async fn counters_of_many(
     if users.is_empty() {
         return Ok(HashMap::new());
     }
-    // PostgreSQL: two arrays (one statement text for any number; see `one_of`); SQLite: a
-    // `VALUES` list.
-    let rows = if source.is_postgres() {
-        "SELECT * FROM UNNEST($1::text[], $2::timestamptz[])".to_string()
-    } else {
-        let values: Vec<String> = (0..users.len())
-            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-            .collect();
-        format!("VALUES {}", values.join(", "))
-    };
+    let rows = pair_rows(source.is_postgres(), users.len(), "timestamptz");
     let sql = format!(
         "WITH u (id, day_start) AS ({rows}) SELECT u.id, {} FROM u",
         counters_columns("u.id", "u.day_start")
