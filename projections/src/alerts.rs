@@ -146,6 +146,10 @@ async fn update_subject(
             .fetch_all(conn)
             .await?
     });
+    let sql = format!(
+        "UPDATE alerts SET body = $2, changed_position = $3, updated_at = $4 WHERE id = $1
+         RETURNING {ALERT_COLUMNS}"
+    );
     for (id, Json(mut body)) in rows {
         for (pointer, value) in changes {
             let Some((parent, key)) = pointer.rsplit_once('/') else {
@@ -155,10 +159,6 @@ async fn update_subject(
                 parent.insert(key.to_string(), value.clone());
             }
         }
-        let sql = format!(
-            "UPDATE alerts SET body = $2, changed_position = $3, updated_at = $4 WHERE id = $1
-             RETURNING {ALERT_COLUMNS}"
-        );
         let row: Option<AlertRow> = with_tx!(out.tx, conn => {
             sqlx::query_as(&sql)
                 .bind(&id)

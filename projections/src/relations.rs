@@ -295,23 +295,14 @@ type CountersRow = (i64, i64, i64, i64, i64, i64, Option<String>);
 
 impl From<CountersRow> for Counters {
     fn from(row: CountersRow) -> Self {
-        let (
-            total_connections,
-            total_pending_requests,
-            total_unread_chats,
-            total_unread_alerts,
-            coins_balance,
-            total_calls_today,
-            open_ticket,
-        ) = row;
         Counters {
-            total_connections,
-            total_pending_requests,
-            total_unread_chats,
-            total_unread_alerts,
-            coins_balance,
-            total_calls_today,
-            open_ticket,
+            total_connections: row.0,
+            total_pending_requests: row.1,
+            total_unread_chats: row.2,
+            total_unread_alerts: row.3,
+            coins_balance: row.4,
+            total_calls_today: row.5,
+            open_ticket: row.6,
         }
     }
 }

@@ -85,6 +85,40 @@ impl TestDb {
     }
 }
 
+/// Drops the test's PostgreSQL database, so runs do not pile up databases on the server.
+/// A `Server` borrows its `TestDb`, so it has been killed by now; `WITH (FORCE)` ends any
+/// connection the test itself left open.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (Some(url), Ok(admin_url)) =
+            (self.database_url.take(), std::env::var("TEST_DATABASE_URL"))
+        else {
+            return;
+        };
+        let Some((_, name)) = url.rsplit_once('/') else {
+            return;
+        };
+        let statement = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own
+        // with a small runtime does the work, and the test waits for it.
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                sqlx::query(&statement).execute(&mut conn).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("could not drop the test database {name}");
+        }
+    }
+}
+
 async fn create_database(admin_url: &str) -> String {
     use sqlx::Connection;
     let name = format!("talkamie_test_{}", uuid::Uuid::new_v4().simple());
