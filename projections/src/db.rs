@@ -213,6 +213,80 @@ pub async fn exec(
     Ok(affected)
 }
 
+/// One statement of `exec_together`: its SQL, placeholders numbered from `$1`, and its values.
+pub struct Statement<'a> {
+    pub sql: String,
+    pub binds: Vec<Bind<'a>>,
+}
+
+impl<'a> Statement<'a> {
+    pub fn new(sql: impl Into<String>, binds: &[Bind<'a>]) -> Self {
+        Statement {
+            sql: sql.into(),
+            binds: binds.to_vec(),
+        }
+    }
+}
+
+/// Runs statements that do not depend on one another's effects (they write different tables,
+/// or different rows of one) in one round trip on PostgreSQL: as the parts of one
+/// data-modifying `WITH`, whose parts all see the snapshot from before the statement, hence the
+/// rule. The projector's path is serial, so a round trip saved is time saved for every event
+/// behind it. SQLite, in process, runs them in turn.
+pub async fn exec_together(
+    tx: &mut DbTx,
+    statements: &[Statement<'_>],
+) -> Result<(), crate::ProjectionError> {
+    if !matches!(tx, DbTx::Postgres(_)) || statements.len() < 2 {
+        for statement in statements {
+            exec(tx, &statement.sql, &statement.binds).await?;
+        }
+        return Ok(());
+    }
+    let (sql, binds) = joined(statements);
+    exec(tx, &sql, &binds).await?;
+    Ok(())
+}
+
+/// `statements` as one `WITH s1 AS (...), s2 AS (...) <last>`, each one's placeholders moved
+/// past those of the ones before it.
+fn joined<'a>(statements: &[Statement<'a>]) -> (String, Vec<Bind<'a>>) {
+    let mut parts = Vec::with_capacity(statements.len());
+    let mut binds = Vec::new();
+    for statement in statements {
+        parts.push(renumbered(&statement.sql, binds.len()));
+        binds.extend_from_slice(&statement.binds);
+    }
+    let last = parts.pop().unwrap_or_default();
+    let with: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| format!("s{} AS ({part})", i + 1))
+        .collect();
+    (format!("WITH {} {last}", with.join(", ")), binds)
+}
+
+/// `sql` with every placeholder `$n` written as `$(n + offset)`.
+fn renumbered(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.next_if(char::is_ascii_digit) {
+            digits.push(d);
+        }
+        match digits.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&digits),
+        }
+    }
+    out
+}
+
 /// Parameters of a query built piece by piece: `add` returns the placeholder to write.
 #[derive(Debug, Clone, Default)]
 pub struct Params<'a> {
@@ -228,12 +302,44 @@ impl<'a> Params<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::{one_of, placeholders};
+    use super::{joined, one_of, placeholders, renumbered, Bind, Statement};
 
     #[test]
     fn placeholder_lists() {
         assert_eq!(placeholders(2, 3), "$2, $3, $4");
         assert_eq!(placeholders(1, 1), "$1");
+    }
+
+    #[test]
+    fn placeholders_move_past_the_ones_before() {
+        assert_eq!(renumbered("x = $1 AND y = $12", 3), "x = $4 AND y = $15");
+        assert_eq!(renumbered("no placeholders", 5), "no placeholders");
+    }
+
+    #[test]
+    fn statements_join_into_one_with() {
+        let statements = [
+            Statement::new("DELETE FROM a WHERE id = $1", &[Bind::Int(1)]),
+            Statement::new(
+                "UPDATE b SET v = $2 WHERE id = $1",
+                &[Bind::Int(2), Bind::Int(3)],
+            ),
+            Statement::new("DELETE FROM c WHERE id = $1", &[Bind::Int(4)]),
+        ];
+        let (sql, binds) = joined(&statements);
+        assert_eq!(
+            sql,
+            "WITH s1 AS (DELETE FROM a WHERE id = $1), s2 AS (UPDATE b SET v = $3 WHERE id = $2) \
+             DELETE FROM c WHERE id = $4"
+        );
+        let values: Vec<i64> = binds
+            .iter()
+            .map(|b| match b {
+                Bind::Int(v) => *v,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(values, [1, 2, 3, 4]);
     }
 
     #[test]

@@ -4,14 +4,17 @@
 //!
 //! The audit (`talkamie ledger audit`) recomputes all of this from the log and compares.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::FromRow;
 use talkamie_aggregates::wallet::{Kind, Posting, TopUpOutcome, Wallet, WalletEvent};
 
-use crate::db::Source;
+use crate::db::{exec_together, Bind, Params, Source, Statement};
 use crate::relations::iso;
 use crate::{with_source, with_tx, DbTx, ProjectionError, StoredEvent};
+use Bind::{Int, OptText, Text, Time};
 
 pub const TABLES: &[&str] = &["ledger_entries", "ledger_accounts", "ledger_transactions"];
 
@@ -164,54 +167,85 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
     Ok(())
 }
 
-/// The posting's lines, and the balances of the accounts they touch.
+/// The posting's lines, and the balances of the accounts they touch: one round trip on
+/// PostgreSQL (each line was two statements of its own).
 async fn record_entries(
     tx: &mut DbTx,
     event: &StoredEvent,
     posting: &Posting,
 ) -> Result<(), ProjectionError> {
-    let wallet = format!("user:{}", event.aggregate_id);
-    for (line_no, line) in posting.lines.iter().enumerate() {
-        let kind = kind_name(posting.kind);
-        with_tx!(tx, conn => {
-            sqlx::query(
-                "INSERT INTO ledger_entries (wallet_id, sequence, line, transaction_id, kind,
-                                             account, coins, at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (wallet_id, sequence, line) DO NOTHING",
-            )
-            .bind(&event.aggregate_id)
-            .bind(event.sequence)
-            .bind(line_no as i32)
-            .bind(&posting.transaction_id)
-            .bind(kind)
-            .bind(&line.account)
-            .bind(line.coins)
-            .bind(posting.at)
-            .execute(conn)
-            .await
-            .map(|r| r.rows_affected())?
-        });
-        let head = (line.account == wallet).then_some(posting.hash.as_str());
-        with_tx!(tx, conn => {
-            sqlx::query(
-                "INSERT INTO ledger_accounts (account, balance, head_hash, updated_at)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (account) DO UPDATE
-                    SET balance = ledger_accounts.balance + excluded.balance,
-                        head_hash = COALESCE(excluded.head_hash, ledger_accounts.head_hash),
-                        updated_at = excluded.updated_at",
-            )
-            .bind(&line.account)
-            .bind(line.coins)
-            .bind(head)
-            .bind(posting.at)
-            .execute(conn)
-            .await
-            .map(|r| r.rows_affected())?
-        });
+    if posting.lines.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let wallet = format!("user:{}", event.aggregate_id);
+    let kind = kind_name(posting.kind);
+    let mut entries = Params::default();
+    let entry_rows: Vec<String> = posting
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(line_no, line)| {
+            let values = [
+                entries.add(Text(&event.aggregate_id)),
+                entries.add(Int(event.sequence)),
+                entries.add(Int(line_no as i64)),
+                entries.add(Text(&posting.transaction_id)),
+                entries.add(Text(kind)),
+                entries.add(Text(&line.account)),
+                entries.add(Int(line.coins)),
+                entries.add(Time(posting.at)),
+            ];
+            format!("({})", values.join(", "))
+        })
+        .collect();
+    // One row per account: an upsert may not touch a row twice, and two lines on one account
+    // add up to the same balance either way.
+    let mut moves: BTreeMap<&str, i64> = BTreeMap::new();
+    for line in &posting.lines {
+        *moves.entry(line.account.as_str()).or_default() += line.coins;
+    }
+    let mut accounts = Params::default();
+    let account_rows: Vec<String> = moves
+        .into_iter()
+        .map(|(account, coins)| {
+            let head = (account == wallet).then_some(posting.hash.as_str());
+            let values = [
+                accounts.add(Text(account)),
+                accounts.add(Int(coins)),
+                accounts.add(OptText(head)),
+                accounts.add(Time(posting.at)),
+            ];
+            format!("({})", values.join(", "))
+        })
+        .collect();
+    exec_together(
+        tx,
+        &[
+            Statement {
+                sql: format!(
+                    "INSERT INTO ledger_entries (wallet_id, sequence, line, transaction_id, kind,
+                                                 account, coins, at)
+                     VALUES {}
+                     ON CONFLICT (wallet_id, sequence, line) DO NOTHING",
+                    entry_rows.join(", ")
+                ),
+                binds: entries.binds,
+            },
+            Statement {
+                sql: format!(
+                    "INSERT INTO ledger_accounts (account, balance, head_hash, updated_at)
+                     VALUES {}
+                     ON CONFLICT (account) DO UPDATE
+                        SET balance = ledger_accounts.balance + excluded.balance,
+                            head_hash = COALESCE(excluded.head_hash, ledger_accounts.head_hash),
+                            updated_at = excluded.updated_at",
+                    account_rows.join(", ")
+                ),
+                binds: accounts.binds,
+            },
+        ],
+    )
+    .await
 }
 
 /// What a posting means for the user's transactions.

@@ -272,8 +272,13 @@ pub async fn schedule_call(
     }
     .to_string();
     let chat_id = pair_id(&senior.id, &volunteer.id);
-    let existing =
-        schedules::find((&state.store.db).into(), &schedule_id, state.clock.now()).await?;
+    // Only a retry under the same key can find its schedule: a fresh random id is new.
+    let existing = match key {
+        Some(_) => {
+            schedules::find((&state.store.db).into(), &schedule_id, state.clock.now()).await?
+        }
+        None => None,
+    };
     if existing.is_none() {
         for (field, value) in [
             ("title", &body.title),
