@@ -15,7 +15,7 @@ use talkamie_aggregates::user::{User, UserEvent};
 
 use crate::db::{one_of, placeholders, Source};
 use crate::relations::iso;
-use crate::{with_source, with_source_by_store, with_tx, DbTx, ProjectionError, StoredEvent};
+use crate::{with_source, with_source_by_store, DbTx, ProjectionError, StoredEvent};
 
 pub const TABLES: &[&str] = &[
     "connect_requests",
@@ -30,7 +30,7 @@ pub fn is_pair_event(event: &StoredEvent) -> bool {
 }
 
 use crate::bind_all;
-use crate::db::{exec, Bind, Params};
+use crate::db::{exec, exec_together, Bind, Params, Statement};
 use Bind::{Bool, Int, Text, Time};
 
 async fn set_request_status(
@@ -83,54 +83,68 @@ async fn touch_members(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A message as the chats read model stores it.
+struct NewMessage<'a> {
+    id: &'a str,
+    sender: &'a str,
+    text: &'a str,
+    client_id: Option<&'a str>,
+    seq: u64,
+    is_request: bool,
+    /// `(type, ref_id)` of a message that carries something (a schedule); plain text otherwise.
+    attachment: Option<(&'a str, &'a str)>,
+    at: DateTime<Utc>,
+}
+
+/// The message, its chat's last message and count, and its members' unread counts and
+/// activity: three tables, one round trip on PostgreSQL.
 async fn insert_message(
     tx: &mut DbTx,
     chat_id: &str,
-    message_id: &str,
-    sender: &str,
-    text: &str,
-    client_id: Option<&str>,
-    seq: u64,
-    is_request: bool,
-    at: DateTime<Utc>,
+    message: NewMessage<'_>,
 ) -> Result<(), ProjectionError> {
-    with_tx!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO messages (id, chat_id, seq, sender_id, client_id, type, text, is_request,
-                                   delivery_status, delivery_at, created_at)
-             VALUES ($1, $2, $3, $4, $5, 'text', $6, $7, 'sent', $8, $8)",
-        )
-        .bind(message_id)
-        .bind(chat_id)
-        .bind(seq as i64)
-        .bind(sender)
-        .bind(client_id)
-        .bind(text)
-        .bind(is_request)
-        .bind(at)
-        .execute(conn)
-        .await
-        .map(|r| r.rows_affected())?
-    });
-    exec(
+    let (kind, ref_id) = match message.attachment {
+        Some((kind, ref_id)) => (kind, Some(ref_id)),
+        None => ("text", None),
+    };
+    let at = message.at;
+    exec_together(
         tx,
-        "UPDATE chats SET last_message_id = $2, total_messages = total_messages + 1, updated_at = $3
-          WHERE id = $1",
-        &[Text(chat_id), Text(message_id), Time(at)],
+        &[
+            Statement::new(
+                "INSERT INTO messages (id, chat_id, seq, sender_id, client_id, type, text,
+                                       is_request, ref_id, delivery_status, delivery_at, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'sent', $10, $10)",
+                &[
+                    Text(message.id),
+                    Text(chat_id),
+                    Int(message.seq as i64),
+                    Text(message.sender),
+                    Bind::OptText(message.client_id),
+                    Text(kind),
+                    Text(message.text),
+                    Bool(message.is_request),
+                    Bind::OptText(ref_id),
+                    Time(at),
+                ],
+            ),
+            Statement::new(
+                "UPDATE chats SET last_message_id = $2, total_messages = total_messages + 1,
+                                  updated_at = $3
+                  WHERE id = $1",
+                &[Text(chat_id), Text(message.id), Time(at)],
+            ),
+            // One statement for both members: the other's unread count, everyone's activity.
+            Statement::new(
+                "UPDATE chat_members
+                    SET unread_count = unread_count + CASE WHEN user_id <> $2 THEN 1 ELSE 0 END,
+                        last_activity_at = $3
+                  WHERE chat_id = $1",
+                &[Text(chat_id), Text(message.sender), Time(at)],
+            ),
+        ],
     )
-    .await?;
-    // One statement for both members: the other's unread count, everyone's activity.
-    exec(
-        tx,
-        "UPDATE chat_members
-            SET unread_count = unread_count + CASE WHEN user_id <> $2 THEN 1 ELSE 0 END,
-                last_activity_at = $3
-          WHERE chat_id = $1",
-        &[Text(chat_id), Text(sender), Time(at)],
-    )
-    .await?;
-    Ok(())
+    .await
 }
 
 pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
@@ -242,7 +256,17 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             )
             .await?;
             touch_members(tx, chat_id, [&from, &to], at).await?;
-            insert_message(tx, chat_id, &message_id, &from, &text, None, seq, true, at).await?;
+            let request = NewMessage {
+                id: &message_id,
+                sender: &from,
+                text: &text,
+                client_id: None,
+                seq,
+                is_request: true,
+                attachment: None,
+                at,
+            };
+            insert_message(tx, chat_id, request).await?;
         }
         PairEvent::MessageRequestCanceled { at, .. } => {
             set_message_request_status(tx, chat_id, "canceled", at).await?
@@ -262,27 +286,17 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             seq,
             at,
         } => {
-            insert_message(
-                tx,
-                chat_id,
-                &message_id,
-                &sender,
-                &text,
-                client_id.as_deref(),
+            let message = NewMessage {
+                id: &message_id,
+                sender: &sender,
+                text: &text,
+                client_id: client_id.as_deref(),
                 seq,
-                false,
+                is_request: false,
+                attachment: attachment.as_ref().map(|a| a.parts()),
                 at,
-            )
-            .await?;
-            if let Some(attachment) = &attachment {
-                let (kind, ref_id) = attachment.parts();
-                exec(
-                    tx,
-                    "UPDATE messages SET type = $2, ref_id = $3 WHERE id = $1",
-                    &[Text(&message_id), Text(kind), Text(ref_id)],
-                )
-                .await?;
-            }
+            };
+            insert_message(tx, chat_id, message).await?;
         }
         PairEvent::MessagesDelivered { member, upto, at } => {
             exec(
