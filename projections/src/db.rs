@@ -298,16 +298,30 @@ impl<'a> Params<'a> {
         self.binds.push(bind);
         format!("${}", self.binds.len())
     }
+
+    /// A row of a multi-row `VALUES` list: `($n, $n+1, ...)` for `binds`, in order.
+    pub fn row(&mut self, binds: &[Bind<'a>]) -> String {
+        let placeholders: Vec<String> = binds.iter().map(|bind| self.add(*bind)).collect();
+        format!("({})", placeholders.join(", "))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{joined, one_of, placeholders, renumbered, Bind, Statement};
+    use super::{joined, one_of, placeholders, renumbered, Bind, Params, Statement};
 
     #[test]
     fn placeholder_lists() {
         assert_eq!(placeholders(2, 3), "$2, $3, $4");
         assert_eq!(placeholders(1, 1), "$1");
+    }
+
+    #[test]
+    fn rows_number_their_values_after_the_ones_before() {
+        let mut params = Params::default();
+        assert_eq!(params.row(&[Bind::Int(1), Bind::Int(2)]), "($1, $2)");
+        assert_eq!(params.row(&[Bind::Int(3), Bind::Int(4)]), "($3, $4)");
+        assert_eq!(params.binds.len(), 4);
     }
 
     #[test]

@@ -185,17 +185,16 @@ async fn record_entries(
         .iter()
         .enumerate()
         .map(|(line_no, line)| {
-            let values = [
-                entries.add(Text(&event.aggregate_id)),
-                entries.add(Int(event.sequence)),
-                entries.add(Int(line_no as i64)),
-                entries.add(Text(&posting.transaction_id)),
-                entries.add(Text(kind)),
-                entries.add(Text(&line.account)),
-                entries.add(Int(line.coins)),
-                entries.add(Time(posting.at)),
-            ];
-            format!("({})", values.join(", "))
+            entries.row(&[
+                Text(&event.aggregate_id),
+                Int(event.sequence),
+                Int(line_no as i64),
+                Text(&posting.transaction_id),
+                Text(kind),
+                Text(&line.account),
+                Int(line.coins),
+                Time(posting.at),
+            ])
         })
         .collect();
     // One row per account: an upsert may not touch a row twice, and two lines on one account
@@ -209,13 +208,7 @@ async fn record_entries(
         .into_iter()
         .map(|(account, coins)| {
             let head = (account == wallet).then_some(posting.hash.as_str());
-            let values = [
-                accounts.add(Text(account)),
-                accounts.add(Int(coins)),
-                accounts.add(OptText(head)),
-                accounts.add(Time(posting.at)),
-            ];
-            format!("({})", values.join(", "))
+            accounts.row(&[Text(account), Int(coins), OptText(head), Time(posting.at)])
         })
         .collect();
     exec_together(

@@ -232,25 +232,15 @@ async fn record_schedule(
     let mut slots = Params::default();
     let slot_rows: Vec<String> = occurrences
         .iter()
-        .map(|slot| {
-            let id = slots.add(Text(&schedule.id));
-            format!(
-                "({id}, {}, {})",
-                slots.add(Time(slot.from)),
-                slots.add(Time(slot.to))
-            )
-        })
+        .map(|slot| slots.row(&[Text(&schedule.id), Time(slot.from), Time(slot.to)]))
         .collect();
     let mut reminders = Params::default();
     let reminder_rows: Vec<String> = occurrences
         .iter()
         .flat_map(|slot| REMINDER_LEADS.map(|lead| (slot.from, lead)))
         .map(|(from, lead)| {
-            let id = reminders.add(Text(&schedule.id));
-            let occurrence = reminders.add(Time(from));
-            let lead_secs = reminders.add(Int(lead));
-            let due = reminders.add(Time(from - Duration::seconds(lead)));
-            format!("({id}, {occurrence}, {lead_secs}, {due})")
+            let due = from - Duration::seconds(lead);
+            reminders.row(&[Text(&schedule.id), Time(from), Int(lead), Time(due)])
         })
         .collect();
     exec_together(
