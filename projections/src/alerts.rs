@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::chats::is_pair_event;
 use crate::db::{placeholders, Source};
+use crate::ledger::TransactionRow;
 use crate::relations::iso;
 use crate::{ledger, reviews, schedules, with_source, with_tx, DbTx, ProjectionError, StoredEvent};
 
@@ -49,20 +50,25 @@ impl Written<'_> {
 
 /// The short profile an alert shows of the other person.
 async fn user_brief(tx: &mut DbTx, user_id: &str) -> Result<Value, ProjectionError> {
-    let row: Option<(String, Option<String>, Option<Json<Value>>)> = with_tx!(tx, conn => {
-        sqlx::query_as("SELECT id, name, picture_file FROM users WHERE id = $1")
+    let row: Option<(Option<String>, Option<Json<Value>>)> = with_tx!(tx, conn => {
+        sqlx::query_as("SELECT name, picture_file FROM users WHERE id = $1")
             .bind(user_id)
             .fetch_optional(conn)
             .await?
     });
-    Ok(match row {
-        Some((id, name, picture)) => json!({
-            "id": id,
+    Ok(brief(user_id, row))
+}
+
+/// [`user_brief`] from the user's name and picture (`None`: no such user).
+fn brief(user_id: &str, found: Option<(Option<String>, Option<Json<Value>>)>) -> Value {
+    match found {
+        Some((name, picture)) => json!({
+            "id": user_id,
             "name": name,
-            "picture": crate::profiles::file_json(&id, &picture),
+            "picture": crate::profiles::file_json(user_id, &picture),
         }),
         None => json!({ "id": user_id }),
-    })
+    }
 }
 
 async fn insert(
@@ -184,47 +190,84 @@ fn connect_request(id: &str, status: &str, from: &str, to: &str) -> Value {
 
 /// `schedule` alerts from the volunteer's calendar (the commit point of every schedule change):
 /// the volunteer hears of a new or changed booking, the other side of a cancellation.
+///
+/// A booking carries its schedule, so its alert reads only the senior's name and picture; a
+/// cancellation reads the schedule and the canceller's name and picture in one statement.
 async fn schedule_alerts(
     out: &mut Written<'_>,
     event: &StoredEvent,
 ) -> Result<(), ProjectionError> {
-    let (schedule_id, status, by, at) = match event.decode::<CalendarEvent>()? {
+    let notice = match event.decode::<CalendarEvent>()? {
         CalendarEvent::Booked {
             schedule,
+            occurrences,
             host: true,
             update,
             at,
-            ..
         } => {
-            let status = if update { "updated" } else { "scheduled" };
-            (schedule.id, status, None, at)
+            let slot = schedules::slot_at(schedule.first, &occurrences, at);
+            let body = json!({
+                "id": schedule.id, "title": schedule.title, "type": schedule.kind.as_str(),
+                "recurrence": schedule.recurrence.as_str(),
+                "timeslot": {"from": iso(slot.from), "to": iso(slot.to)},
+                "status": if update { "updated" } else { "scheduled" },
+            });
+            ScheduleNotice {
+                actor: user_brief(out.tx, &schedule.senior_id).await?,
+                recipient: schedule.volunteer_id,
+                schedule_id: schedule.id,
+                chat_id: schedule.chat_id,
+                schedule: body,
+                at,
+            }
         }
         CalendarEvent::Released {
             schedule_id,
             host: true,
             by,
             at,
-        } => (schedule_id, "canceled", Some(by), at),
+        } => {
+            let found = schedules::find_with_user(out.source(), &schedule_id, at, &by).await?;
+            let Some(found) = found else {
+                return Ok(());
+            };
+            let row = found.schedule;
+            let body = json!({
+                "id": row.id, "title": row.title, "type": row.kind, "recurrence": row.recurrence,
+                "timeslot": {"from": iso(row.slot_from), "to": iso(row.slot_to)},
+                "status": "canceled",
+            });
+            let user = found
+                .user_found
+                .map(|_| (found.user_name, found.user_picture));
+            ScheduleNotice {
+                actor: brief(&by, user),
+                recipient: row.other_side(&by).to_string(),
+                schedule_id: row.id,
+                chat_id: row.chat_id,
+                schedule: body,
+                at,
+            }
+        }
         _ => return Ok(()),
     };
-    let Some(row) = schedules::find(out.source(), &schedule_id, at).await? else {
-        return Ok(());
-    };
-    // The volunteer hears of bookings and moves (made by the senior); the other side of
-    // whoever cancelled hears of a cancellation.
-    let (recipient, actor) = match &by {
-        None => (row.volunteer_id.clone(), row.senior_id.clone()),
-        Some(by) => (row.other_side(by).to_string(), by.clone()),
-    };
     let body = json!({
-        "schedule": {
-            "id": schedule_id, "title": row.title, "type": row.kind, "recurrence": row.recurrence,
-            "timeslot": {"from": iso(row.slot_from), "to": iso(row.slot_to)}, "status": status,
-        },
-        "chat": {"id": row.chat_id},
-        "user": user_brief(out.tx, &actor).await?,
+        "schedule": notice.schedule, "chat": {"id": notice.chat_id}, "user": notice.actor,
     });
-    insert(out, event, &recipient, ("schedule", &schedule_id), body, at).await
+    let subject = ("schedule", notice.schedule_id.as_str());
+    insert(out, event, &notice.recipient, subject, body, notice.at).await
+}
+
+/// Who a schedule alert goes to, and what it says.
+struct ScheduleNotice {
+    recipient: String,
+    schedule_id: String,
+    chat_id: String,
+    /// The alert's `schedule` part.
+    schedule: Value,
+    /// The other person's brief (`user`).
+    actor: Value,
+    at: DateTime<Utc>,
 }
 
 /// A `transaction` alert for every transaction the event created or changed (one event may
@@ -232,8 +275,9 @@ async fn schedule_alerts(
 async fn transaction_alerts(
     out: &mut Written<'_>,
     event: &StoredEvent,
+    changed: Vec<TransactionRow>,
 ) -> Result<(), ProjectionError> {
-    for row in ledger::changed_at(out.source(), event.position).await? {
+    for row in changed {
         // A forfeit happens as the owner's account is deleted: nobody is left to tell.
         if row.kind == "forfeit" {
             continue;
@@ -308,12 +352,19 @@ pub fn pair_event_writes_alerts(event: &PairEvent) -> bool {
 
 /// Applies `event`; returns the alerts it created or changed, as [`changed_at`] would read them
 /// back (the feed renders its `alert.new` / `alert.update` pushes from them).
-pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<Vec<AlertRow>, ProjectionError> {
+///
+/// `transactions`: what the ledger projection changed for this event, when it applied it in
+/// this round (read back otherwise).
+pub async fn apply(
+    tx: &mut DbTx,
+    event: &StoredEvent,
+    transactions: Option<Vec<TransactionRow>>,
+) -> Result<Vec<AlertRow>, ProjectionError> {
     let mut out = Written {
         tx,
         rows: Vec::new(),
     };
-    apply_into(&mut out, event).await?;
+    apply_into(&mut out, event, transactions).await?;
     // In `changed_at`'s order (by id), each alert once in its last state.
     let by_id: std::collections::BTreeMap<String, AlertRow> = out
         .rows
@@ -323,9 +374,17 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<Vec<AlertRow>, 
     Ok(by_id.into_values().collect())
 }
 
-async fn apply_into(out: &mut Written<'_>, event: &StoredEvent) -> Result<(), ProjectionError> {
+async fn apply_into(
+    out: &mut Written<'_>,
+    event: &StoredEvent,
+    transactions: Option<Vec<TransactionRow>>,
+) -> Result<(), ProjectionError> {
     if ledger::is_wallet_event(event) {
-        return transaction_alerts(out, event).await;
+        let changed = match transactions {
+            Some(rows) => rows,
+            None => ledger::changed_at(out.source(), event.position).await?,
+        };
+        return transaction_alerts(out, event, changed).await;
     }
     if reviews::is_review_event(event) {
         return review_alerts(out, event).await;

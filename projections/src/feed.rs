@@ -18,6 +18,7 @@ use talkamie_aggregates::wallet::WalletEvent;
 
 use crate::alerts::AlertRow;
 use crate::chats::{self, is_pair_event};
+use crate::ledger::TransactionRow;
 use crate::users::UserRecord;
 use crate::{
     alerts, calls, chat_views, ledger, relations, reviews, schedules, support, users, with_pool,
@@ -631,7 +632,36 @@ pub struct Pushes {
     pending: Vec<NewPush>,
     /// The alerts the event being applied created or changed, noted by the alerts projection
     /// (applied just before the feed) so the feed need not read them back.
-    noted_alerts: Option<(i64, Vec<AlertRow>)>,
+    noted_alerts: Noted<AlertRow>,
+    /// The transactions the event being applied created or changed, noted by the ledger
+    /// projection so the alerts projection need not read them back.
+    noted_transactions: Noted<TransactionRow>,
+}
+
+/// Rows one projection wrote for the event at a position, handed to a projection applied
+/// after it to the same event.
+#[derive(Debug)]
+struct Noted<T>(Option<(i64, Vec<T>)>);
+
+impl<T> Default for Noted<T> {
+    fn default() -> Self {
+        Noted(None)
+    }
+}
+
+impl<T> Noted<T> {
+    fn note(&mut self, position: i64, rows: Vec<T>) {
+        self.0 = Some((position, rows));
+    }
+
+    /// The rows noted for the event at `position`; `None` when the noting projection did not
+    /// apply that event in this round (it was already past it), so they must be read.
+    fn take(&mut self, position: i64) -> Option<Vec<T>> {
+        match self.0.take() {
+            Some((at, rows)) if at == position => Some(rows),
+            _ => None,
+        }
+    }
 }
 
 impl Pushes {
@@ -646,16 +676,22 @@ impl Pushes {
 
     /// Notes the alerts that the event at `position` created or changed.
     pub fn note_alerts(&mut self, position: i64, rows: Vec<AlertRow>) {
-        self.noted_alerts = Some((position, rows));
+        self.noted_alerts.note(position, rows);
     }
 
-    /// The alerts noted for the event at `position`; `None` when the alerts projection did not
-    /// apply that event in this round (it was already past it), so they must be read.
+    /// The alerts noted for the event at `position` (`None`: they must be read).
     fn noted_alerts(&mut self, position: i64) -> Option<Vec<AlertRow>> {
-        match self.noted_alerts.take() {
-            Some((at, rows)) if at == position => Some(rows),
-            _ => None,
-        }
+        self.noted_alerts.take(position)
+    }
+
+    /// Notes the transactions that the event at `position` created or changed.
+    pub fn note_transactions(&mut self, position: i64, rows: Vec<TransactionRow>) {
+        self.noted_transactions.note(position, rows);
+    }
+
+    /// The transactions noted for the event at `position` (`None`: they must be read).
+    pub fn noted_transactions(&mut self, position: i64) -> Option<Vec<TransactionRow>> {
+        self.noted_transactions.take(position)
     }
 
     /// A `user.update` for `user_id`, rendered when the pushes are written.

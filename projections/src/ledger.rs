@@ -38,7 +38,7 @@ struct NewTransaction<'a> {
 }
 
 async fn insert_transaction(
-    tx: &mut DbTx,
+    out: &mut Changed<'_>,
     event: &StoredEvent,
     row: NewTransaction<'_>,
     at: DateTime<Utc>,
@@ -49,14 +49,16 @@ async fn insert_transaction(
         }
         None => (None, None, None, None),
     };
-    with_tx!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO ledger_transactions (id, user_id, type, intent, status, coins,
-                 funds_cents, currency, call_id, session_id, provider, session_url, expires_at,
-                 changed_position, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
-             ON CONFLICT (id) DO NOTHING",
-        )
+    let sql = format!(
+        "INSERT INTO ledger_transactions (id, user_id, type, intent, status, coins,
+             funds_cents, currency, call_id, session_id, provider, session_url, expires_at,
+             changed_position, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
+         ON CONFLICT (id) DO NOTHING
+         RETURNING {COLUMNS}"
+    );
+    let written: Option<TransactionRow> = with_tx!(out.tx, conn => {
+        sqlx::query_as(&sql)
         .bind(row.id)
         .bind(row.user_id)
         .bind(row.kind)
@@ -72,40 +74,69 @@ async fn insert_transaction(
         .bind(expires_at)
         .bind(event.position)
         .bind(at)
-        .execute(conn)
-        .await
-        .map(|r| r.rows_affected())?
+        .fetch_optional(conn)
+        .await?
     });
+    out.rows.extend(written);
     Ok(())
 }
 
 async fn set_status(
-    tx: &mut DbTx,
+    out: &mut Changed<'_>,
     event: &StoredEvent,
     id: &str,
     status: &str,
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
-    with_tx!(tx, conn => {
-        sqlx::query(
-            "UPDATE ledger_transactions SET status = $2, changed_position = $3, updated_at = $4
-              WHERE id = $1",
-        )
-        .bind(id)
-        .bind(status)
-        .bind(event.position)
-        .bind(at)
-        .execute(conn)
-        .await
-        .map(|r| r.rows_affected())?
+    let sql = format!(
+        "UPDATE ledger_transactions SET status = $2, changed_position = $3, updated_at = $4
+          WHERE id = $1
+          RETURNING {COLUMNS}"
+    );
+    let written: Option<TransactionRow> = with_tx!(out.tx, conn => {
+        sqlx::query_as(&sql)
+            .bind(id)
+            .bind(status)
+            .bind(event.position)
+            .bind(at)
+            .fetch_optional(conn)
+            .await?
     });
+    out.rows.extend(written);
     Ok(())
 }
 
-pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionError> {
+/// Where one event's transaction changes go: the projector's transaction, and the rows
+/// written so far (the alerts projection makes its `transaction` alerts from them).
+struct Changed<'t> {
+    tx: &'t mut DbTx,
+    rows: Vec<TransactionRow>,
+}
+
+/// Applies `event`; returns the transactions it created or changed, as [`changed_at`] would
+/// read them back.
+pub async fn apply(
+    tx: &mut DbTx,
+    event: &StoredEvent,
+) -> Result<Vec<TransactionRow>, ProjectionError> {
     if !is_wallet_event(event) {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let mut out = Changed {
+        tx,
+        rows: Vec::new(),
+    };
+    apply_into(&mut out, event).await?;
+    // In `changed_at`'s order (by id), each transaction once in its last state.
+    let by_id: std::collections::BTreeMap<String, TransactionRow> = out
+        .rows
+        .into_iter()
+        .map(|row| (row.id.clone(), row))
+        .collect();
+    Ok(by_id.into_values().collect())
+}
+
+async fn apply_into(out: &mut Changed<'_>, event: &StoredEvent) -> Result<(), ProjectionError> {
     let user_id = event.aggregate_id.as_str();
     match event.decode::<WalletEvent>()? {
         WalletEvent::TopUpOpened(top_up) => {
@@ -126,7 +157,7 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                     top_up.expires_at,
                 )),
             };
-            insert_transaction(tx, event, row, top_up.at).await?;
+            insert_transaction(out, event, row, top_up.at).await?;
         }
         WalletEvent::TopUpClosed {
             transaction_id,
@@ -139,7 +170,7 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
                 TopUpOutcome::Expired => "expired",
                 TopUpOutcome::Failed => "failed",
             };
-            set_status(tx, event, &transaction_id, status, at).await?;
+            set_status(out, event, &transaction_id, status, at).await?;
         }
         WalletEvent::PayoutOrdered {
             transaction_id,
@@ -147,7 +178,7 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             currency,
             ..
         } => {
-            with_tx!(tx, conn => {
+            with_tx!(out.tx, conn => {
                 sqlx::query(
                     "UPDATE ledger_transactions SET funds_cents = $2, currency = $3 WHERE id = $1",
                 )
@@ -160,8 +191,8 @@ pub async fn apply(tx: &mut DbTx, event: &StoredEvent) -> Result<(), ProjectionE
             });
         }
         WalletEvent::Posted(posting) => {
-            record_entries(tx, event, &posting).await?;
-            posting_transactions(tx, event, &posting).await?;
+            record_entries(out.tx, event, &posting).await?;
+            posting_transactions(out, event, &posting).await?;
         }
     }
     Ok(())
@@ -243,7 +274,7 @@ async fn record_entries(
 
 /// What a posting means for the user's transactions.
 async fn posting_transactions(
-    tx: &mut DbTx,
+    out: &mut Changed<'_>,
     event: &StoredEvent,
     posting: &Posting,
 ) -> Result<(), ProjectionError> {
@@ -256,7 +287,7 @@ async fn posting_transactions(
     let at = posting.at;
     match posting.kind {
         Kind::Purchase | Kind::Payout => {
-            set_status(tx, event, &posting.transaction_id, "succeeded", at).await?
+            set_status(out, event, &posting.transaction_id, "succeeded", at).await?
         }
         Kind::Withdrawal => {
             let row = NewTransaction {
@@ -271,11 +302,11 @@ async fn posting_transactions(
                 call_id: None,
                 session: None,
             };
-            insert_transaction(tx, event, row, at).await?;
+            insert_transaction(out, event, row, at).await?;
         }
         Kind::Refund => {
-            set_status(tx, event, &posting.reference, "failed", at).await?;
-            let funds: Option<(i64, String)> = with_tx!(tx, conn => {
+            set_status(out, event, &posting.reference, "failed", at).await?;
+            let funds: Option<(i64, String)> = with_tx!(out.tx, conn => {
                 sqlx::query_as("SELECT funds_cents, currency FROM ledger_transactions WHERE id = $1")
                     .bind(&posting.reference)
                     .fetch_optional(conn)
@@ -294,7 +325,7 @@ async fn posting_transactions(
                 call_id: None,
                 session: None,
             };
-            insert_transaction(tx, event, row, at).await?;
+            insert_transaction(out, event, row, at).await?;
         }
         Kind::Forfeit => {
             // Only analysts see it: the owner's account is being deleted.
@@ -310,7 +341,7 @@ async fn posting_transactions(
                 call_id: None,
                 session: None,
             };
-            insert_transaction(tx, event, row, at).await?;
+            insert_transaction(out, event, row, at).await?;
         }
         Kind::Charge | Kind::Earning => {
             let row = NewTransaction {
@@ -325,7 +356,7 @@ async fn posting_transactions(
                 call_id: Some(&posting.reference),
                 session: None,
             };
-            insert_transaction(tx, event, row, at).await?;
+            insert_transaction(out, event, row, at).await?;
         }
     }
     Ok(())

@@ -93,6 +93,22 @@ impl Projection {
         }
     }
 
+    /// The read models this one renders from at each event (the other person's name, the
+    /// transaction a posting changed, the schedule a cancellation ends). Rebuilt alone, it
+    /// would see their state as of now instead of as of each event (`alerts` alone lost the
+    /// alert of every transaction changed again since), so a rebuild of it rebuilds them too.
+    pub fn renders_from(self) -> &'static [Projection] {
+        match self {
+            Projection::Alerts => &[
+                Projection::Users,
+                Projection::Chats,
+                Projection::Ledger,
+                Projection::Schedules,
+            ],
+            _ => &[],
+        }
+    }
+
     /// The feed is a delivery log whose positions are cursors held by clients: replaying it
     /// would hand out new positions for old pushes, so it is never rebuilt.
     pub fn rebuildable(self) -> bool {
@@ -108,13 +124,18 @@ impl Projection {
         match self {
             Projection::Users => users::apply(tx, event).await,
             Projection::Chats => chats::apply(tx, event).await,
-            Projection::Ledger => ledger::apply(tx, event).await,
+            Projection::Ledger => {
+                let changed = ledger::apply(tx, event).await?;
+                pushes.note_transactions(event.position, changed);
+                Ok(())
+            }
             Projection::Schedules => schedules::apply(tx, event).await,
             Projection::Calls => calls::apply(tx, event).await,
             Projection::Reviews => reviews::apply(tx, event).await,
             Projection::Support => support::apply(tx, event).await,
             Projection::Alerts => {
-                let written = alerts::apply(tx, event).await?;
+                let transactions = pushes.noted_transactions(event.position);
+                let written = alerts::apply(tx, event, transactions).await?;
                 pushes.note_alerts(event.position, written);
                 Ok(())
             }
@@ -312,13 +333,17 @@ impl Projector {
     }
 
     /// Empties the given projections (all rebuildable ones when `None`) and replays the log
-    /// into them from the start. The others keep their checkpoints and are not touched.
+    /// into them from the start (with those it renders from: [`Projection::renders_from`]).
+    /// The others keep their checkpoints and are not touched.
     pub async fn rebuild(
         &self,
         only: Option<Projection>,
     ) -> Result<Vec<Projection>, ProjectionError> {
         let chosen: Vec<Projection> = match only {
-            Some(p) => vec![p],
+            Some(p) => Projection::ALL
+                .into_iter()
+                .filter(|q| *q == p || p.renders_from().contains(q))
+                .collect(),
             None => Projection::ALL
                 .into_iter()
                 .filter(|p| p.rebuildable())

@@ -619,6 +619,57 @@ pub async fn find(
     })
 }
 
+/// The occurrence a schedule shows at `now` (the one running or next, else the last one), from
+/// its occurrences as an event lists them: what [`find`] reads back once they are stored.
+pub fn slot_at(first: Slot, occurrences: &[Slot], now: DateTime<Utc>) -> Slot {
+    let ahead = || occurrences.iter().filter(|slot| slot.to > now);
+    let from = ahead()
+        .map(|slot| slot.from)
+        .min()
+        .or_else(|| occurrences.iter().map(|slot| slot.from).max())
+        .unwrap_or(first.from);
+    let to = ahead()
+        .map(|slot| slot.to)
+        .min()
+        .or_else(|| occurrences.iter().map(|slot| slot.to).max())
+        .unwrap_or(first.to);
+    Slot { from, to }
+}
+
+/// A schedule row with one user's name and picture (`user` is `None` when there is no such
+/// user), read together: a schedule alert's two reads in one round trip.
+#[derive(Debug, FromRow)]
+pub struct ScheduleWithUser {
+    #[sqlx(flatten)]
+    pub schedule: ScheduleRow,
+    pub user_found: Option<String>,
+    pub user_name: Option<String>,
+    pub user_picture: Option<Json<Value>>,
+}
+
+/// [`find`], with `user_id`'s name and picture.
+pub async fn find_with_user(
+    source: Source<'_>,
+    id: &str,
+    now: DateTime<Utc>,
+    user_id: &str,
+) -> Result<Option<ScheduleWithUser>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {SCHEDULE_COLUMNS}, {SLOT_COLUMNS}, u.id AS user_found, u.name AS user_name,
+                u.picture_file AS user_picture
+           FROM schedules s LEFT JOIN users u ON u.id = $3
+          WHERE s.id = $2"
+    );
+    with_source!(source, conn => {
+        sqlx::query_as::<_, ScheduleWithUser>(&sql)
+            .bind(now)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await
+    })
+}
+
 pub async fn occurrences(source: Source<'_>, id: &str) -> Result<Vec<Slot>, sqlx::Error> {
     let rows: Vec<(DateTime<Utc>, DateTime<Utc>)> = with_source!(source, conn => {
         sqlx::query_as(
@@ -825,4 +876,41 @@ pub async fn claim_due_reminders(
         tx.commit().await?;
         Ok(due)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 7, hour, 0, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn slot(from: u32, to: u32) -> Slot {
+        Slot {
+            from: at(from),
+            to: at(to),
+        }
+    }
+
+    #[test]
+    fn slot_at_shows_the_running_or_next_occurrence() {
+        let occurrences = [slot(9, 10), slot(12, 13), slot(15, 16)];
+        // Before all: the first; during one: that one; between two: the next.
+        assert_eq!(slot_at(slot(9, 10), &occurrences, at(8)), slot(9, 10));
+        assert_eq!(slot_at(slot(9, 10), &occurrences, at(12)), slot(12, 13));
+        assert_eq!(slot_at(slot(9, 10), &occurrences, at(11)), slot(12, 13));
+    }
+
+    #[test]
+    fn slot_at_falls_back_to_the_last_occurrence_then_the_first_slot() {
+        let occurrences = [slot(12, 13), slot(9, 10)];
+        // All over: the last one, whatever the order they are listed in.
+        assert_eq!(slot_at(slot(9, 10), &occurrences, at(20)), slot(12, 13));
+        // No occurrences listed: the schedule's first slot.
+        assert_eq!(slot_at(slot(9, 10), &[], at(20)), slot(9, 10));
+    }
 }

@@ -601,6 +601,32 @@ pub async fn password_hash(db: &Db, user_id: &str) -> Result<Option<String>, sql
 }
 
 /// Whether a session is still active for that user (revoked sessions stop their tokens).
+/// A user's row with whether session `session_id` of theirs is active: a request's session
+/// check and its read of the caller's row in one statement. `None` when there is no such user.
+pub async fn find_with_session(
+    db: &Db,
+    user_id: &str,
+    session_id: &str,
+) -> Result<Option<(UserRecord, bool)>, sqlx::Error> {
+    #[derive(FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        user: UserRecord,
+        session_active: bool,
+    }
+    let sql = format!(
+        "SELECT {USER_COLUMNS},
+                EXISTS (SELECT 1 FROM sessions
+                         WHERE sessions.id = $2 AND sessions.user_id = users.id
+                           AND sessions.status = 'active') AS session_active
+           FROM users WHERE id = $1"
+    );
+    let row: Option<Row> = with_pool!(db, pool => {
+        sqlx::query_as(&sql).bind(user_id).bind(session_id).fetch_optional(pool).await?
+    });
+    Ok(row.map(|row| (row.user, row.session_active)))
+}
+
 pub async fn session_is_active(
     db: &Db,
     session_id: &str,

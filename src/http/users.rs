@@ -30,9 +30,11 @@ pub struct PasswordBody {
 
 /// The signed-in user's own row (404 once deleted).
 pub async fn me(state: &AppState, who: &Authenticated) -> Result<UserRecord, ApiError> {
-    users::find_by_id(&state.store.db, &who.user_id)
-        .await?
-        .filter(|u| !u.is_deleted())
+    let row = match who.row() {
+        Some(row) => Some(row.clone()),
+        None => users::find_by_id(&state.store.db, &who.user_id).await?,
+    };
+    row.filter(|u| !u.is_deleted())
         .ok_or_else(|| ApiError::not_found("user"))
 }
 

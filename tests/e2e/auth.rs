@@ -116,6 +116,9 @@ async fn sign_up_sign_in_refresh_reuse_and_sign_out(backend: Backend) {
     assert_eq!(body["data"], json!(null));
     let (status, body) = server.get("/v1/auth", Some(&access3)).await;
     assert_error(status, &body, 401, "unauthenticated");
+    // Also where the handler works from the caller's row, read with the session check.
+    let (status, body) = server.get("/v1/users", Some(&access3)).await;
+    assert_error(status, &body, 401, "unauthenticated");
     let (status, body) = server
         .post("/v1/auth/refresh", None, json!({"refresh": refresh3}))
         .await;

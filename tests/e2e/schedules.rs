@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::both_stores;
 use crate::files::{put_bytes, signed};
-use crate::helpers::{assert_error, unique_email, Backend, Server, TestDb};
+use crate::helpers::{assert_error, read_models, unique_email, Backend, Server, TestDb};
 use crate::ledger::{checkout, fund, ledger_server, open_top_up, user};
 
 both_stores!(
@@ -361,11 +361,18 @@ async fn scheduling_follows_every_rule(backend: Backend) {
     let alert = volunteer_ws
         .push_where("alert.new", |p| p["data"]["alert"]["type"] == "schedule")
         .await;
+    let alert = &alert["data"]["alert"];
     assert_eq!(
-        alert["data"]["alert"]["schedule"]["status"],
-        json!("scheduled"),
+        alert["schedule"],
+        json!({
+            "id": schedule_id, "title": "Tea and a chat", "type": "audio", "recurrence": "none",
+            "timeslot": schedule["timeslot"], "status": "scheduled",
+        }),
         "{alert}"
     );
+    assert_eq!(alert["chat"]["id"], json!(chat), "{alert}");
+    assert_eq!(alert["user"]["id"], json!(senior.0), "{alert}");
+    assert!(alert["user"]["name"].is_string(), "{alert}");
     let pushed = volunteer_ws
         .push_where("chat.message.new", |p| {
             p["data"]["message"]["type"] == "schedule"
@@ -604,10 +611,14 @@ async fn scheduling_follows_every_rule(backend: Backend) {
     let alert = senior_ws
         .push_where("alert.new", |p| p["data"]["alert"]["type"] == "schedule")
         .await;
-    assert_eq!(
-        alert["data"]["alert"]["schedule"]["status"],
-        json!("canceled")
-    );
+    let alert = &alert["data"]["alert"];
+    assert_eq!(alert["schedule"]["id"], json!(schedule_id), "{alert}");
+    assert_eq!(alert["schedule"]["status"], json!("canceled"), "{alert}");
+    assert!(alert["schedule"]["title"].is_string(), "{alert}");
+    assert!(alert["schedule"]["timeslot"]["from"].is_string(), "{alert}");
+    // The senior hears it from the volunteer, who cancelled.
+    assert_eq!(alert["user"]["id"], json!(volunteer.0), "{alert}");
+    assert!(alert["user"]["name"].is_string(), "{alert}");
     let (_, body) = server.get(&path, Some(&senior.1)).await;
     assert_eq!(body["data"]["status"], json!("canceled"));
     let (_, body) = server.get("/v1/schedules/past", Some(&senior.1)).await;
@@ -683,6 +694,23 @@ async fn scheduling_follows_every_rule(backend: Backend) {
         without_presence(before["data"].clone()),
         without_presence(after["data"].clone())
     );
+
+    // So does a rebuild of every read model for the alerts (a booking's alert is made from
+    // its event, a cancellation's from the schedule and the canceller read together).
+    server.stop().await;
+    let pool = db.connect().await;
+    let alerts = read_models(&pool).await["alerts"].clone();
+    assert!(
+        alerts.iter().any(|row| row.contains("canceled")),
+        "{alerts:#?}"
+    );
+    assert!(
+        alerts.iter().any(|row| row.contains("updated")),
+        "{alerts:#?}"
+    );
+    let (ok, _, stderr) = db.cli(&["projections", "rebuild"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(read_models(&pool).await["alerts"], alerts);
 }
 
 async fn weekly_hours_stay_local_across_daylight_saving(backend: Backend) {
