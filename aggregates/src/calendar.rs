@@ -84,6 +84,9 @@ impl Day {
     }
 }
 
+/// Minutes in a day: the end of a range that reaches midnight ("24:00").
+const MINUTES_PER_DAY: u32 = 1440;
+
 /// A wall-clock range within one day, in minutes after midnight (`end` may be 1440, "24:00").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Range {
@@ -416,23 +419,28 @@ impl Calendar {
         }
     }
 
-    /// Is `slot` inside one available range of its local day?
+    /// Is `slot` inside one available range of its local day? A slot across midnight is when
+    /// its first day's range reaches midnight and its second day's starts there.
     pub fn is_available(&self, zone: &Zone, slot: &Slot) -> bool {
         let start = zone.local(slot.from);
         let end = zone.local(slot.to);
         let date = start.date();
-        let end_minutes = if end.date() == date {
-            // A slot ending at 11:59:30 needs the minute up to 12:00.
-            end.time().num_seconds_from_midnight().div_ceil(60)
-        } else if end.date() == date + Days::new(1) && end.time() == NaiveTime::MIN {
-            1440
-        } else {
-            return false;
-        };
         let start_minutes = start.time().num_seconds_from_midnight() / 60;
-        self.ranges_on(date)
-            .iter()
-            .any(|r| u32::from(r.start) <= start_minutes && end_minutes <= u32::from(r.end))
+        // A slot ending at 11:59:30 needs the minute up to 12:00.
+        let end_minutes = end.time().num_seconds_from_midnight().div_ceil(60);
+        let covered = |date: NaiveDate, from: u32, to: u32| {
+            self.ranges_on(date)
+                .iter()
+                .any(|r| u32::from(r.start) <= from && to <= u32::from(r.end))
+        };
+        if end.date() == date {
+            covered(date, start_minutes, end_minutes)
+        } else if end.date() == date + Days::new(1) {
+            covered(date, start_minutes, MINUTES_PER_DAY)
+                && (end.time() == NaiveTime::MIN || covered(end.date(), 0, end_minutes))
+        } else {
+            false
+        }
     }
 
     fn live_slots_except<'a>(&'a self, schedule_id: &'a str) -> impl Iterator<Item = &'a Slot> {
@@ -880,6 +888,45 @@ mod tests {
             .len(),
             56
         );
+    }
+
+    #[test]
+    fn a_slot_across_midnight_needs_both_days_open_to_midnight() {
+        let zone = Zone::Named("UTC".into());
+        let slot = |from: &str, to: &str| Slot {
+            from: utc(from),
+            to: utc(to),
+        };
+        // Monday 2026-03-02 23:50 to Tuesday 00:05.
+        let late = slot("2026-03-02T23:50:00Z", "2026-03-03T00:05:00Z");
+        let mut calendar = Calendar::default();
+        calendar.apply(CalendarEvent::WeeklyAvailabilitySet {
+            week: BTreeMap::from([
+                (Day::Mon, vec![range("20:00", "24:00")]),
+                (Day::Tue, vec![range("00:00", "01:00")]),
+            ]),
+        });
+        assert!(calendar.is_available(&zone, &late));
+        // Ending at midnight needs only the first day.
+        assert!(calendar.is_available(&zone, &slot("2026-03-02T23:00:00Z", "2026-03-03T00:00:00Z")));
+        // Tuesday closed until 00:05, or Monday closed before midnight: not available.
+        let tuesday = NaiveDate::from_ymd_opt(2026, 3, 3).expect("date");
+        let mut closed_after = calendar.clone();
+        closed_after.apply(CalendarEvent::CustomAvailabilitySet {
+            days: BTreeMap::from([(tuesday, vec![range("00:02", "01:00")])]),
+        });
+        assert!(!closed_after.is_available(&zone, &late));
+        let mut closed_before = Calendar::default();
+        closed_before.apply(CalendarEvent::WeeklyAvailabilitySet {
+            week: BTreeMap::from([
+                (Day::Mon, vec![range("20:00", "23:55")]),
+                (Day::Tue, vec![range("00:00", "01:00")]),
+            ]),
+        });
+        assert!(!closed_before.is_available(&zone, &late));
+        // Longer than into the next day: never.
+        let long = slot("2026-03-02T23:50:00Z", "2026-03-04T00:05:00Z");
+        assert!(!calendar.is_available(&zone, &long));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::FromRow;
-use talkamie_aggregates::wallet::{Kind, Posting, TopUpOutcome, Wallet, WalletEvent};
+use talkamie_aggregates::wallet::{Kind, Posting, TopUp, TopUpOutcome, Wallet, WalletEvent};
 
 use crate::db::{exec_together, Bind, Params, Source, Statement};
 use crate::relations::iso;
@@ -106,6 +106,59 @@ async fn set_status(
     Ok(())
 }
 
+/// The transaction a top-up opens.
+fn new_top_up<'a>(user_id: &'a str, top_up: &'a TopUp) -> NewTransaction<'a> {
+    NewTransaction {
+        id: &top_up.transaction_id,
+        user_id,
+        kind: "purchase",
+        intent: "top-up",
+        status: "pending",
+        coins: top_up.coins,
+        funds_cents: top_up.funds_cents,
+        currency: &top_up.currency,
+        call_id: None,
+        session: Some((
+            &top_up.session_id,
+            &top_up.provider,
+            &top_up.url,
+            top_up.expires_at,
+        )),
+    }
+}
+
+/// The row the ledger projection writes for `user_id`'s opened `top_up` (the answer to the
+/// request that opened it, without reading it back). `changed_position` is unknown here: 0.
+pub fn opened_top_up(user_id: &str, top_up: &TopUp) -> TransactionRow {
+    let new = new_top_up(user_id, top_up);
+    let (session_id, provider, url, expires_at) = match new.session {
+        Some((id, provider, url, expires)) => (
+            Some(id.to_string()),
+            Some(provider.to_string()),
+            Some(url.to_string()),
+            Some(expires),
+        ),
+        None => (None, None, None, None),
+    };
+    TransactionRow {
+        id: new.id.to_string(),
+        user_id: new.user_id.to_string(),
+        kind: new.kind.to_string(),
+        intent: new.intent.to_string(),
+        status: new.status.to_string(),
+        coins: new.coins,
+        funds_cents: new.funds_cents,
+        currency: new.currency.to_string(),
+        call_id: new.call_id.map(str::to_string),
+        session_id,
+        provider,
+        session_url: url,
+        expires_at,
+        changed_position: 0,
+        created_at: top_up.at,
+    }
+}
+
 /// Where one event's transaction changes go: the projector's transaction, and the rows
 /// written so far (the alerts projection makes its `transaction` alerts from them).
 struct Changed<'t> {
@@ -140,24 +193,7 @@ async fn apply_into(out: &mut Changed<'_>, event: &StoredEvent) -> Result<(), Pr
     let user_id = event.aggregate_id.as_str();
     match event.decode::<WalletEvent>()? {
         WalletEvent::TopUpOpened(top_up) => {
-            let row = NewTransaction {
-                id: &top_up.transaction_id,
-                user_id,
-                kind: "purchase",
-                intent: "top-up",
-                status: "pending",
-                coins: top_up.coins,
-                funds_cents: top_up.funds_cents,
-                currency: &top_up.currency,
-                call_id: None,
-                session: Some((
-                    &top_up.session_id,
-                    &top_up.provider,
-                    &top_up.url,
-                    top_up.expires_at,
-                )),
-            };
-            insert_transaction(out, event, row, top_up.at).await?;
+            insert_transaction(out, event, new_top_up(user_id, &top_up), top_up.at).await?;
         }
         WalletEvent::TopUpClosed {
             transaction_id,

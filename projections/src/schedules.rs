@@ -452,24 +452,28 @@ fn render_availability<'a>(
     let mut booked_weekly: BTreeMap<Day, Vec<Value>> = BTreeMap::new();
     for (_, _, recurrence, from, to, _) in booked {
         let (start, end) = (zone.local(*from), zone.local(*to));
-        let range = json!({
-            "start": start.format("%H:%M").to_string(),
-            "end": if end.date() > start.date() { "24:00".to_string() } else { end.format("%H:%M").to_string() },
-        });
-        match recurrence.as_str() {
-            "weekly" => booked_weekly
-                .entry(Day::of(start.date()))
-                .or_default()
-                .push(range),
-            "daily" => {
-                for day in Day::ALL {
-                    booked_weekly.entry(day).or_default().push(range.clone());
+        let clock = |at: chrono::NaiveDateTime| at.format("%H:%M").to_string();
+        // A slot across midnight shows on both of its days.
+        let mut parts = vec![(start.date(), clock(start), "24:00".to_string())];
+        if end.date() == start.date() {
+            parts[0].2 = clock(end);
+        } else if end.time() != chrono::NaiveTime::MIN {
+            parts.push((end.date(), "00:00".to_string(), clock(end)));
+        }
+        for (date, start, end) in parts {
+            let range = json!({ "start": start, "end": end });
+            match recurrence.as_str() {
+                "weekly" => booked_weekly.entry(Day::of(date)).or_default().push(range),
+                "daily" => {
+                    for day in Day::ALL {
+                        booked_weekly.entry(day).or_default().push(range.clone());
+                    }
                 }
+                _ => booked_custom
+                    .entry(date.to_string())
+                    .or_default()
+                    .push(range),
             }
-            _ => booked_custom
-                .entry(start.date().to_string())
-                .or_default()
-                .push(range),
         }
     }
     let booked_weekly: Map<String, Value> = booked_weekly

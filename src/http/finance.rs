@@ -6,7 +6,7 @@ use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use chrono::{Duration, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use talkamie_aggregates::wallet::{TopUp, WalletCommand, MAX_COINS};
+use talkamie_aggregates::wallet::{TopUp, WalletCommand, WalletEvent, MAX_COINS};
 use talkamie_projections::ledger::{self, TransactionList, TransactionRow};
 use talkamie_projections::sealing;
 use utoipa::ToSchema;
@@ -111,7 +111,12 @@ pub async fn top_up_session(
     }
     let key = idempotency_key(&req)?;
     let transaction_id = transaction_id(&who.user_id, key.as_deref());
-    if let Some(existing) = ledger::find((&state.store.db).into(), &transaction_id).await? {
+    // Only a retry under the same key can find its transaction: a fresh random id is new.
+    let existing = match key {
+        Some(_) => ledger::find((&state.store.db).into(), &transaction_id).await?,
+        None => None,
+    };
+    if let Some(existing) = existing {
         if existing.user_id == who.user_id && existing.kind == "purchase" {
             return Ok(created(top_up_answer(&existing)));
         }
@@ -155,8 +160,21 @@ pub async fn top_up_session(
         },
         min_coins: state.settings.coins.min_purchase_coins as i64,
     };
-    execute(&state, &who.user_id, command, who.metadata()).await?;
-    let row = my_transaction(&state, &who, &transaction_id).await?;
+    let events = execute(&state, &who.user_id, command, who.metadata()).await?;
+    // Without a key the transaction is new: answered from the event it stored, as the ledger
+    // projection writes it. With a key it is read back: a retry that raced the first request
+    // (or outlived its crash) opened a second provider session for the same transaction, and
+    // the answer must be the first one's, which the ledger keeps.
+    let opened = events.iter().find_map(|event| match event {
+        WalletEvent::TopUpOpened(top_up) if key.is_none() => {
+            Some(ledger::opened_top_up(&who.user_id, top_up))
+        }
+        _ => None,
+    });
+    let row = match opened {
+        Some(row) => row,
+        None => my_transaction(&state, &who, &transaction_id).await?,
+    };
     Ok(created(top_up_answer(&row)))
 }
 

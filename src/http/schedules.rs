@@ -152,11 +152,21 @@ pub async fn users_as_seen_by(
 }
 
 async fn render_full(state: &AppState, viewer: &str, row: &ScheduleRow) -> Result<Value, ApiError> {
+    let occurrences = schedules::occurrences((&state.store.db).into(), &row.id).await?;
+    render_full_with(state, viewer, row, &occurrences).await
+}
+
+/// [`render_full`] with the schedule's occurrences known (those a booking just stored).
+async fn render_full_with(
+    state: &AppState,
+    viewer: &str,
+    row: &ScheduleRow,
+    occurrences: &[Slot],
+) -> Result<Value, ApiError> {
     let other = row.other_side(viewer).to_string();
     let mut attendees = users_as_seen_by(state, viewer, std::slice::from_ref(&other)).await?;
     let attendee = attendees.remove(&other).unwrap_or(Value::Null);
-    let occurrences = schedules::occurrences((&state.store.db).into(), &row.id).await?;
-    Ok(row.to_full_json(state.clock.now(), attendee, &occurrences))
+    Ok(row.to_full_json(state.clock.now(), attendee, occurrences))
 }
 
 async fn find_mine(
@@ -279,6 +289,8 @@ pub async fn schedule_call(
         }
         None => None,
     };
+    // The occurrences this request books (the calendar stores exactly these).
+    let mut booked: Option<Vec<Slot>> = None;
     if existing.is_none() {
         for (field, value) in [
             ("title", &body.title),
@@ -308,6 +320,7 @@ pub async fn schedule_call(
         let coins = balance(&state, &senior.id).await?;
         scheduling::book(&state, &volunteer, &schedule, None, coins, who.metadata()).await?;
         scheduling::post_schedule_message(&state, &schedule, who.metadata()).await?;
+        booked = Some(schedule.occurrences());
     }
     let row = find_mine(&state, &who, &schedule_id).await?;
     let message_client_id = format!("schedule:{schedule_id}");
@@ -329,7 +342,10 @@ pub async fn schedule_call(
         message = find_message().await?;
     }
     let message = message.map(|m| m.to_json());
-    let schedule = render_full(&state, &senior.id, &row).await?;
+    let schedule = match booked {
+        Some(occurrences) => render_full_with(&state, &senior.id, &row, &occurrences).await?,
+        None => render_full(&state, &senior.id, &row).await?,
+    };
     Ok(created(json!({
         "schedule": schedule,
         "chat": {"id": chat_id},

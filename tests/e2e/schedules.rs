@@ -20,6 +20,7 @@ both_stores!(
     racing_bookings_never_overlap,
     reminders_arrive_once_even_with_two_instances,
     each_user_update_of_a_round_shows_its_own_user,
+    a_call_across_midnight_needs_both_days_open,
 );
 
 /// A volunteer who passed every verification step: `(id, token)`.
@@ -713,6 +714,46 @@ async fn scheduling_follows_every_rule(backend: Backend) {
     assert_eq!(read_models(&pool).await["alerts"], alerts);
 }
 
+async fn a_call_across_midnight_needs_both_days_open(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = ledger_server(&db, &[]).await;
+    let (_, admin) = server.admin(&db).await;
+    let volunteer = verified_volunteer(&server, &db, &admin).await;
+    let senior = user(&server, "senior").await;
+    server.connect(&senior, &volunteer).await;
+    fund(&server, &senior.1, 5000).await;
+    let (status, _) = set_weekly(&server, &volunteer.1, all_week("00:00", "24:00")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // 23:50 to 00:20 (the volunteer's zone is UTC): both days are open across midnight.
+    let late = at_hour(1, 23) + Span::minutes(50);
+    let (status, body) = book(&server, &senior.1, &volunteer.0, late, 30, "none").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // The volunteer's booked slots show it on both days.
+    let (_, me) = server.get("/v1/auth", Some(&volunteer.1)).await;
+    let booked = &me["data"]["user"]["availability"]["bookedSlots"]["custom"];
+    let day = |at: DateTime<Utc>| at.date_naive().to_string();
+    assert_eq!(
+        booked[day(late)],
+        json!([{"start": "23:50", "end": "24:00"}]),
+        "{booked}"
+    );
+    assert_eq!(
+        booked[day(late + Span::hours(1))],
+        json!([{"start": "00:00", "end": "00:20"}]),
+        "{booked}"
+    );
+
+    // With the next morning closed until 06:00, a call across that midnight is refused.
+    let (status, _) = set_weekly(&server, &volunteer.1, all_week("06:00", "24:00")).await;
+    assert_eq!(status, StatusCode::OK);
+    let later = late + Span::days(1);
+    let (status, body) = book(&server, &senior.1, &volunteer.0, later, 30, "none").await;
+    assert_error(status, &body, 409, "slot_unavailable");
+}
+
 async fn weekly_hours_stay_local_across_daylight_saving(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
@@ -796,6 +837,14 @@ async fn weekly_hours_stay_local_across_daylight_saving(backend: Backend) {
         .map(|o| o["from"].as_str().unwrap_or_default()[11..13].to_string())
         .collect();
     assert_eq!(hours.len(), 2, "two UTC hours across the change: {hours:?}");
+    // The answer (with the occurrences it booked) is the schedule as it reads back.
+    let id = body["data"]["schedule"]["id"]
+        .as_str()
+        .expect("schedule id");
+    let (_, read) = server
+        .get(&format!("/v1/schedule/{id}"), Some(&senior.1))
+        .await;
+    assert_eq!(read["data"], body["data"]["schedule"]);
     // bookedSlots shows the series on its weekday, in local time.
     let (_, me) = server.get("/v1/auth", Some(&volunteer.1)).await;
     let weekday = series_start
