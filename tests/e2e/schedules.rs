@@ -107,6 +107,17 @@ fn at_hour(days: i64, hour: u32) -> DateTime<Utc> {
     Utc.from_utc_datetime(&date.and_hms_opt(hour, 0, 0).expect("time"))
 }
 
+/// A verified volunteer and a senior connected to them with 5,000 coins: `(volunteer,
+/// senior, chat id)`.
+async fn funded_pair(server: &Server, db: &TestDb) -> ((String, String), (String, String), String) {
+    let (_, admin) = server.admin(db).await;
+    let volunteer = verified_volunteer(server, db, &admin).await;
+    let senior = user(server, "senior").await;
+    let chat = server.connect(&senior, &volunteer).await;
+    fund(server, &senior.1, 5000).await;
+    (volunteer, senior, chat)
+}
+
 async fn book(
     server: &Server,
     token: &str,
@@ -331,12 +342,8 @@ async fn scheduling_follows_every_rule(backend: Backend) {
         return;
     };
     let server = ledger_server(&db, &[]).await;
-    let (_, admin) = server.admin(&db).await;
-    let volunteer = verified_volunteer(&server, &db, &admin).await;
-    let senior = user(&server, "senior").await;
+    let (volunteer, senior, chat) = funded_pair(&server, &db).await;
     let stranger = user(&server, "senior").await;
-    let chat = server.connect(&senior, &volunteer).await;
-    fund(&server, &senior.1, 5000).await;
     let (status, _) = set_weekly(&server, &volunteer.1, all_week("08:00", "20:00")).await;
     assert_eq!(status, StatusCode::OK);
     let (mut volunteer_ws, _) = server.ws_authenticated(&volunteer.1, None).await;
@@ -719,11 +726,7 @@ async fn a_call_across_midnight_needs_both_days_open(backend: Backend) {
         return;
     };
     let server = ledger_server(&db, &[]).await;
-    let (_, admin) = server.admin(&db).await;
-    let volunteer = verified_volunteer(&server, &db, &admin).await;
-    let senior = user(&server, "senior").await;
-    server.connect(&senior, &volunteer).await;
-    fund(&server, &senior.1, 5000).await;
+    let (volunteer, senior, _) = funded_pair(&server, &db).await;
     let (status, _) = set_weekly(&server, &volunteer.1, all_week("00:00", "24:00")).await;
     assert_eq!(status, StatusCode::OK);
 
@@ -759,11 +762,7 @@ async fn weekly_hours_stay_local_across_daylight_saving(backend: Backend) {
         return;
     };
     let server = ledger_server(&db, &[]).await;
-    let (_, admin) = server.admin(&db).await;
-    let volunteer = verified_volunteer(&server, &db, &admin).await;
-    let senior = user(&server, "senior").await;
-    server.connect(&senior, &volunteer).await;
-    fund(&server, &senior.1, 5000).await;
+    let (volunteer, senior, _) = funded_pair(&server, &db).await;
     let (status, body) = server
         .call(
             "PUT",
