@@ -17,7 +17,7 @@ use talkamie_aggregates::review::ReviewEvent;
 use uuid::Uuid;
 
 use crate::chats::is_pair_event;
-use crate::db::{placeholders, Source};
+use crate::db::{last_state_by_id, placeholders, Source};
 use crate::ledger::TransactionRow;
 use crate::relations::iso;
 use crate::{ledger, reviews, schedules, with_source, with_tx, DbTx, ProjectionError, StoredEvent};
@@ -365,13 +365,8 @@ pub async fn apply(
         rows: Vec::new(),
     };
     apply_into(&mut out, event, transactions).await?;
-    // In `changed_at`'s order (by id), each alert once in its last state.
-    let by_id: std::collections::BTreeMap<String, AlertRow> = out
-        .rows
-        .into_iter()
-        .map(|row| (row.id.clone(), row))
-        .collect();
-    Ok(by_id.into_values().collect())
+    // As `changed_at` reads them back.
+    Ok(last_state_by_id(out.rows, |row| &row.id))
 }
 
 async fn apply_into(

@@ -72,6 +72,16 @@ impl DbTx {
     }
 }
 
+/// Rows written one after another, each once in its last state, in id order (as reading
+/// them back `ORDER BY id` gives them).
+pub fn last_state_by_id<T>(rows: Vec<T>, id: impl Fn(&T) -> &str) -> Vec<T> {
+    let by_id: std::collections::BTreeMap<String, T> = rows
+        .into_iter()
+        .map(|row| (id(&row).to_string(), row))
+        .collect();
+    by_id.into_values().collect()
+}
+
 /// `$start, $start+1, ...` for an `IN (...)` list of `n` values.
 pub fn placeholders(start: usize, n: usize) -> String {
     (start..start + n)
@@ -308,7 +318,18 @@ impl<'a> Params<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::{joined, one_of, placeholders, renumbered, Bind, Params, Statement};
+    use super::{
+        joined, last_state_by_id, one_of, placeholders, renumbered, Bind, Params, Statement,
+    };
+
+    #[test]
+    fn rows_keep_their_last_state_in_id_order() {
+        let rows = vec![("b", 1), ("a", 1), ("b", 2)];
+        assert_eq!(
+            last_state_by_id(rows, |row| row.0),
+            vec![("a", 1), ("b", 2)]
+        );
+    }
 
     #[test]
     fn placeholder_lists() {

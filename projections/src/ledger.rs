@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sqlx::FromRow;
 use talkamie_aggregates::wallet::{Kind, Posting, TopUp, TopUpOutcome, Wallet, WalletEvent};
 
-use crate::db::{exec_together, Bind, Params, Source, Statement};
+use crate::db::{exec_together, last_state_by_id, Bind, Params, Source, Statement};
 use crate::relations::iso;
 use crate::{with_source, with_tx, DbTx, ProjectionError, StoredEvent};
 use Bind::{Int, OptText, Text, Time};
@@ -131,15 +131,6 @@ fn new_top_up<'a>(user_id: &'a str, top_up: &'a TopUp) -> NewTransaction<'a> {
 /// request that opened it, without reading it back). `changed_position` is unknown here: 0.
 pub fn opened_top_up(user_id: &str, top_up: &TopUp) -> TransactionRow {
     let new = new_top_up(user_id, top_up);
-    let (session_id, provider, url, expires_at) = match new.session {
-        Some((id, provider, url, expires)) => (
-            Some(id.to_string()),
-            Some(provider.to_string()),
-            Some(url.to_string()),
-            Some(expires),
-        ),
-        None => (None, None, None, None),
-    };
     TransactionRow {
         id: new.id.to_string(),
         user_id: new.user_id.to_string(),
@@ -150,10 +141,10 @@ pub fn opened_top_up(user_id: &str, top_up: &TopUp) -> TransactionRow {
         funds_cents: new.funds_cents,
         currency: new.currency.to_string(),
         call_id: new.call_id.map(str::to_string),
-        session_id,
-        provider,
-        session_url: url,
-        expires_at,
+        session_id: Some(top_up.session_id.clone()),
+        provider: Some(top_up.provider.clone()),
+        session_url: Some(top_up.url.clone()),
+        expires_at: Some(top_up.expires_at),
         changed_position: 0,
         created_at: top_up.at,
     }
@@ -180,13 +171,8 @@ pub async fn apply(
         rows: Vec::new(),
     };
     apply_into(&mut out, event).await?;
-    // In `changed_at`'s order (by id), each transaction once in its last state.
-    let by_id: std::collections::BTreeMap<String, TransactionRow> = out
-        .rows
-        .into_iter()
-        .map(|row| (row.id.clone(), row))
-        .collect();
-    Ok(by_id.into_values().collect())
+    // As `changed_at` reads them back.
+    Ok(last_state_by_id(out.rows, |row| &row.id))
 }
 
 async fn apply_into(out: &mut Changed<'_>, event: &StoredEvent) -> Result<(), ProjectionError> {
@@ -342,12 +328,14 @@ async fn posting_transactions(
         }
         Kind::Refund => {
             set_status(out, event, &posting.reference, "failed", at).await?;
-            let funds: Option<(i64, String)> = with_tx!(out.tx, conn => {
-                sqlx::query_as("SELECT funds_cents, currency FROM ledger_transactions WHERE id = $1")
-                    .bind(&posting.reference)
-                    .fetch_optional(conn)
-                    .await?
-            });
+            // The refund pays back what the withdrawal would have paid out: its row, as the
+            // status change just returned it.
+            let funds = out
+                .rows
+                .iter()
+                .rev()
+                .find(|row| row.id == posting.reference)
+                .map(|row| (row.funds_cents, row.currency.clone()));
             let (funds_cents, currency) = funds.unwrap_or((0, "usd".into()));
             let row = NewTransaction {
                 id: &posting.transaction_id,
